@@ -1,0 +1,110 @@
+"""Person re-identification metrics (CMC and mAP) under the Market-1501 protocol.
+
+Hand-written on purpose: no well-kept library in our stack (PML, faiss, scikit-learn, torch)
+implements the Market-1501 camera/junk filtering; torchreid does, but it is unmaintained and
+would pull in a training framework. The protocol, as in Market-1501's evaluation code and
+torchreid's ``eval_market1501``:
+
+* for each query, gallery entries with the same identity AND the same camera are removed
+  (finding yourself in the same camera view is too easy to count);
+* gallery entries whose identity is junk (``-1`` by default) are removed;
+* distractors (identity ``0`` in Market-1501) stay, as negatives;
+* queries left with no valid match are skipped (not scored as zero);
+* CMC@r = share of (non-skipped) queries whose first match is within the top r;
+* AP = mean of the precision at the rank of each match (area under the PR curve as
+  torchreid computes it); mAP = mean AP over non-skipped queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.errors import BenchError
+from bench.evaluate.retrieval import (
+    ScoreFn,
+    as_embeddings,
+    as_labels,
+    call_score_fn,
+    check_chunk_size,
+    check_positive_ints,
+    grouped_neg_sq_distance,
+    to_numpy,
+    unique_rows,
+)
+
+SOURCE = "evaluate_reid"
+DEFAULT_CHUNK = 256
+
+
+def rank_stats(scores: np.ndarray, q_ids: np.ndarray, q_cams: np.ndarray, g_ids: np.ndarray,
+               g_cams: np.ndarray, junk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query of the chunk: rank of the first valid match (0 = none) and AP (NaN = none).
+
+    Ranking is by descending score; equal scores keep the lower gallery index first.
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ids = g_ids[order]
+    same_id = ids == q_ids[:, None]
+    removed = junk[order] | (same_id & (g_cams[order] == q_cams[:, None]))
+    match = same_id & ~removed
+    kept_rank = np.cumsum(~removed, axis=1, dtype=np.int64)  # rank among kept entries
+    hits = np.cumsum(match, axis=1, dtype=np.int64)
+    n_match = hits[:, -1]
+    precision_at_hits = np.where(match, hits / np.maximum(kept_rank, 1), 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(n_match > 0, precision_at_hits / n_match, np.nan)
+    first = match.argmax(axis=1)
+    first_rank = np.where(n_match > 0, kept_rank[np.arange(len(order)), first], 0)
+    return first_rank, ap
+
+
+def as_ids(x: Any, n: int, field: str) -> np.ndarray:
+    """Identities must be integers: junk (-1) and distractor (0) ids are numeric conventions."""
+    arr = as_labels(x, n, field, SOURCE)
+    if arr.dtype.kind not in "iu":
+        raise BenchError(f"must be integers, got dtype {arr.dtype}", source=SOURCE, field=field)
+    return arr.astype(np.int64, copy=False)
+
+
+def evaluate_reid(query: Any, query_ids: Any, query_cams: Any, gallery: Any, gallery_ids: Any,
+                  gallery_cams: Any, *, ranks: Sequence[int] = (1, 5, 10),
+                  junk_ids: Sequence[int] = (-1,), score_fn: ScoreFn | None = None,
+                  chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
+    """CMC@rank (keys ``cmc_<r>``) and ``mAP`` in [0, 1] under the Market-1501 protocol.
+
+    Euclidean distance unless ``score_fn(query_block, gallery) -> scores`` (higher = more
+    similar) is given. Works ``chunk_size`` queries at a time: memory O(chunk x gallery).
+    """
+    q = as_embeddings(query, "query", SOURCE)
+    g = as_embeddings(gallery, "gallery", SOURCE)
+    if g.shape[1] != q.shape[1]:
+        raise BenchError(f"has dimension {g.shape[1]} but query has {q.shape[1]}",
+                         source=SOURCE, field="gallery")
+    q_ids = as_ids(query_ids, len(q), "query_ids")
+    g_ids = as_ids(gallery_ids, len(g), "gallery_ids")
+    q_cams = as_labels(query_cams, len(q), "query_cams", SOURCE)
+    g_cams = as_labels(gallery_cams, len(g), "gallery_cams", SOURCE)
+    ranks = check_positive_ints(ranks, "ranks", SOURCE)
+    chunk_size = check_chunk_size(chunk_size, SOURCE)
+    junk = np.isin(g_ids, to_numpy(junk_ids).astype(np.int64).ravel())
+
+    # Default: squared L2 by GEMM against the distinct gallery vectors, so duplicates tie exactly.
+    scorer = score_fn if score_fn is not None else grouped_neg_sq_distance(*unique_rows(g))
+    first_rank = np.empty(len(q), dtype=np.int64)
+    ap = np.empty(len(q), dtype=np.float64)
+    for start in range(0, len(q), chunk_size):
+        stop = min(start + chunk_size, len(q))
+        scores = call_score_fn(scorer, q[start:stop], g, SOURCE)
+        first_rank[start:stop], ap[start:stop] = rank_stats(
+            scores, q_ids[start:stop], q_cams[start:stop], g_ids, g_cams, junk)
+
+    scored = first_rank > 0
+    if not scored.any():
+        raise BenchError("no query has a valid gallery match (same identity, other camera)",
+                         source=SOURCE, field="gallery_ids")
+    out = {f"cmc_{r}": float(np.mean(first_rank[scored] <= r)) for r in ranks}
+    out["mAP"] = float(np.mean(ap[scored]))
+    return out

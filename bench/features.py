@@ -1,0 +1,68 @@
+"""Frozen-trunk features, computed once per (dataset, backbone, weights) and cached on disk.
+
+This is the fast CPU path: with ``trunk: none`` every method trains only its head on the same
+cached features, so the trunk's forward pass is paid once for the whole protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.data.records import ImageDataset
+from bench.models import Normalize, build_trunk
+from bench.paths import cache_root
+
+
+def dataset_fingerprint(ds: ImageDataset) -> str:
+    """A content hash of the images and labels (the cache key's data part)."""
+    digest = hashlib.sha256()
+    for array in (ds.images, ds.labels, ds.domains, ds.cameras):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def extract(network: nn.Module, images: np.ndarray, *, device: torch.device, batch_size: int = 256,
+            progress: bool = True, description: str = "features") -> np.ndarray:
+    """Run ``Normalize`` + ``network`` over uint8 NHWC images in eval mode."""
+    model = nn.Sequential(Normalize(), network).to(device).eval()
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc=description, disable=not progress,
+                      leave=False, dynamic_ncols=True):
+        batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+        chunks.append(model(batch).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def trunk_features(ds: ImageDataset, backbone: str, *, pretrained: bool, device: torch.device,
+                   progress: bool = True, use_cache: bool = True) -> tuple[np.ndarray, str]:
+    """Pooled trunk features for every image of ``ds``; returns (features, weights origin)."""
+    if not pretrained:
+        torch.manual_seed(0)  # a random-init trunk must still be the same trunk every time
+    trunk = build_trunk(backbone, pretrained=pretrained)
+    key = f"{dataset_fingerprint(ds)}-{backbone}-{trunk.weights.replace(':', '_')}"
+    path = cache_root() / "features" / f"{key}.npy"
+    if use_cache and path.is_file():
+        return np.load(path, allow_pickle=False), trunk.weights
+    features = extract(trunk.network, ds.images, device=device, progress=progress,
+                       description=f"{backbone} features")
+    if use_cache:
+        _save_atomically(path, features)
+    return features, trunk.weights

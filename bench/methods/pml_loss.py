@@ -1,0 +1,105 @@
+"""Any pytorch-metric-learning loss (and optional miner) by name, with its own parameters."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pytorch_metric_learning import losses, miners
+from torch import nn
+
+from bench.errors import BenchError
+from bench.methods.base import Method
+
+
+def _classes_of(module: Any, base: type) -> dict[str, type]:
+    """Public classes of a PML module deriving from ``base``: the allow-list of names."""
+    return {
+        name: obj for name, obj in vars(module).items()
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base
+        and not name.startswith(("Base", "Generic"))
+    }
+
+
+LOSSES = _classes_of(losses, losses.BaseMetricLossFunction)
+MINERS = _classes_of(miners, miners.BaseMiner)
+# Losses whose constructor needs the class count and embedding size (proxy/classifier losses).
+_SIZED = {"num_classes", "embedding_size"}
+
+
+class PmlLossParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loss: str
+    loss_params: dict[str, Any] = Field(default_factory=dict)
+    miner: str | None = None
+    miner_params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _needs_sizes(loss_class: type) -> bool:
+    return bool(_SIZED & set(inspect.signature(loss_class.__init__).parameters))
+
+
+def _construct(cls: type, kwargs: dict[str, Any], *, source: str, field: str) -> Any:
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise BenchError(f"{cls.__name__} rejects these parameters ({error})",
+                         source=source, field=field) from None
+
+
+class PmlLoss(Method):
+    """A PML loss, with an optional miner; proxy/classifier weights are the method's parameters.
+
+    Labels reaching ``loss`` are 0..C-1 over the training classes of the current split (the loop
+    relabels them), which proxy losses need.
+    """
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any], *, source: str, field: str) -> PmlLossParams:
+        try:
+            parsed = PmlLossParams.model_validate(params)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+        if parsed.loss not in LOSSES:
+            raise BenchError(f"unknown loss {parsed.loss!r} (known: {', '.join(sorted(LOSSES))})",
+                             source=source, field=f"{field}.loss")
+        if parsed.miner is not None and parsed.miner not in MINERS:
+            raise BenchError(f"unknown miner {parsed.miner!r} (known: {', '.join(sorted(MINERS))})",
+                             source=source, field=f"{field}.miner")
+        # Build once on tiny sizes so bad keyword arguments fail now, not mid-run.
+        cls._build(parsed, num_classes=4, embedding_size=8, source=source, field=field)
+        return parsed
+
+    @staticmethod
+    def _build(p: PmlLossParams, *, num_classes: int, embedding_size: int,
+               source: str = "<protocol>", field: str = "params") -> tuple[nn.Module, Any]:
+        loss_class = LOSSES[p.loss]
+        kwargs = dict(p.loss_params)
+        if _needs_sizes(loss_class):
+            kwargs.update(num_classes=num_classes, embedding_size=embedding_size)
+        loss = _construct(loss_class, kwargs, source=source, field=f"{field}.loss_params")
+        miner = None
+        if p.miner is not None:
+            miner = _construct(MINERS[p.miner], dict(p.miner_params), source=source,
+                               field=f"{field}.miner_params")
+        return loss, miner
+
+    def __init__(self, params: PmlLossParams, *, num_classes: int, embedding_size: int) -> None:
+        self.loss_fn, self.miner = self._build(params, num_classes=num_classes,
+                                               embedding_size=embedding_size)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.loss_fn.parameters() if p.requires_grad]
+
+    def to(self, device: torch.device) -> PmlLoss:
+        self.loss_fn.to(device)
+        return self
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pairs = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss_fn(embeddings, labels, pairs)

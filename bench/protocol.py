@@ -1,0 +1,189 @@
+"""Protocol files: a validated schema, so a typo or a wrong type fails before any work is done.
+
+A protocol fixes everything that must be identical across methods (data, split, backbone, loop,
+sampler, optimiser, schedule, augmentation, evaluation); each entry of ``methods`` adds only its
+own parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.errors import BenchError
+
+METRICS = (
+    "precision_at_1", "r_precision", "mean_average_precision_at_r",
+    "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi",
+)
+
+
+class Section(BaseModel):
+    """Every section rejects unknown keys: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(Section):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SplitSpec(Section):
+    kind: Literal["standard"] = "standard"
+    validation_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class ModelSpec(Section):
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    trunk: Literal["all", "none", "last_stage"] = "none"
+    embedding_size: int = Field(128, ge=2)
+    head_hidden: int = Field(512, ge=0)
+
+
+class OptimizerSpec(Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class ScheduleSpec(Section):
+    name: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = Field(1000, ge=1)
+    gamma: float = Field(0.5, gt=0)
+
+
+class AugmentationSpec(Section):
+    """Applied to training batches of images; ignored on the cached-feature path (trunk none)."""
+
+    random_resized_crop_scale: tuple[float, float] | None = None
+    horizontal_flip: float = Field(0.0, ge=0, le=1)
+
+
+class TrainSpec(Section):
+    iterations: int = Field(400, ge=1)
+    batch_size: int = Field(64, ge=2)
+    m_per_class: int = Field(4, ge=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    loss_optimizer: OptimizerSpec = Field(
+        default_factory=lambda: OptimizerSpec(lr=1e-2),
+        description="Optimiser for parameters a method owns (e.g. proxies).",
+    )
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    validate_every: int = Field(50, ge=1)
+    patience: int = Field(4, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_fits_sampler(self) -> TrainSpec:
+        if self.batch_size % self.m_per_class:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of m_per_class {self.m_per_class}"
+            )
+        return self
+
+
+class EvaluationSpec(Section):
+    primary: Literal[METRICS] = "mean_average_precision_at_r"  # type: ignore[valid-type]
+    k: Literal["max_bin_count"] = "max_bin_count"
+    nmi: bool = True
+
+
+class MethodSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    method: str = "pml_loss"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Protocol(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    dataset: DatasetSpec
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    methods: list[MethodSpec] = Field(min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_names(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+        names = [m.name for m in methods]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
+        return methods
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if part not in ("function-after",))
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section at ``loc`` (for did-you-mean hints)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        annotation = field.annotation if field else None
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next((c for c in candidates if isinstance(c, type)
+                        and issubclass(c, BaseModel)), None)
+    return list(getattr(current, "model_fields", {}))
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = tuple(error["loc"])
+    field = _location(loc)
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        known = _known_keys(Protocol, loc)
+        hint = difflib.get_close_matches(key, known, n=1)
+        reason = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        if known:
+            reason += f"; allowed: {', '.join(known)}"
+        return field, reason
+    reason = error["msg"].removeprefix("Value error, ")
+    if error["type"] != "missing" and not isinstance(error.get("input"), (dict, list)):
+        reason += f" (got {error['input']!r})"
+    return field, reason
+
+
+def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
+    """Validate a parsed YAML document; raise BenchError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise BenchError("a protocol must be a mapping of keys to values", source=source)
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as error:
+        field, reason = _describe(error.errors()[0])
+        raise BenchError(reason, source=source, field=field) from None
+
+
+def load_protocol(path: str | Path) -> tuple[Protocol, str]:
+    """Read and validate a protocol file; returns the protocol and the sha256 of its bytes."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise BenchError(f"cannot read protocol ({error.strerror})", source=str(path)) from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise BenchError(f"not valid YAML ({getattr(error, 'problem', error)})",
+                         source=str(path), field=where) from None
+    return parse_protocol(data, source=str(path)), hashlib.sha256(raw).hexdigest()
