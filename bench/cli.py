@@ -21,6 +21,8 @@ examples:
   bench validate protocols/quick.yaml     check a protocol file without running it
   bench datasets list                     embedded and registered datasets, and availability
   bench datasets show glyphs              counts and a contact-sheet PNG
+  bench datasets prepare cub200 --root D  check (or download) a real dataset copy
+  bench datasets verify cub200 --root D   decode every image, list the bad ones
 
 exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input.
 """
@@ -36,13 +38,18 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import run_protocol
+    from bench.runner import RunOptions, describe_plan, plan_protocol, run_protocol
 
+    if args.dry_run:
+        print(describe_plan(plan_protocol(args.protocol)))
+        return 0
     started = time.perf_counter()
-    summary, failures = run_protocol(args.protocol, results_root=args.results,
-                                     progress=not args.no_progress)
+    options = RunOptions(results_root=Path(args.results), storage=args.storage, fresh=args.fresh,
+                         progress=not args.no_progress, grace=args.grace,
+                         heartbeat=max(1, args.grace // 3))
+    summary, failures = run_protocol(args.protocol, options)
     print(summary.read_text(encoding="utf-8"))
-    print(f"wrote {summary.parent}/ (results.csv, history.csv, summary.md) in "
+    print(f"wrote {summary.parent}/ (results.csv, summary.md, runs/, study.db) in "
           f"{time.perf_counter() - started:.0f} s")
     for method, reason in failures.items():
         print(f"bench: method {method} failed: {reason}", file=sys.stderr)
@@ -54,9 +61,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     plan = plan_protocol(args.protocol)
     p = plan.protocol
-    print(f"{args.protocol}: valid — dataset {p.dataset.name}, {len(p.methods)} methods "
-          f"({', '.join(m.name for m in p.methods)}), {len(p.seeds)} seed(s), "
-          f"{p.train.iterations} iterations each")
+    datasets = ", ".join(d.name for d in p.dataset_specs)
+    print(f"{args.protocol}: valid — dataset(s) {datasets}, {len(p.methods)} methods "
+          f"({', '.join(m.name for m in p.methods)}), {p.folds} fold(s), "
+          f"{p.budget.trials} trials, {p.reproductions} reproduction(s)")
     return 0
 
 
@@ -84,18 +92,53 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_prepare(args: argparse.Namespace) -> int:
+    from bench.data.real.prepare import prepare
+
+    options = dict(_parse_option(o) for o in args.option)
+    problems = prepare(args.name, args.root, download=not args.no_download, **options)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"bench: {args.name}: {len(problems)} problem(s) found", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_datasets_verify(args: argparse.Namespace) -> int:
+    from bench.data.real.prepare import verify
+
+    options = dict(_parse_option(o) for o in args.option)
+    problems = verify(args.name, args.root, quick=args.quick, **options)
+    for line in problems:
+        print(line)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a protocol and write results/<protocol>/",
-                         description="Validate PROTOCOL, then train and evaluate every method x "
-                         "seed; writes results.csv (tidy), history.csv and summary.md.")
+                         description="Validate PROTOCOL; then, per dataset and method, search "
+                         "its hyperparameters on the validation folds with the protocol's fixed "
+                         "budget and retrain the best ones `reproductions` times for the test "
+                         "phase. Re-running the same command resumes. Writes results.csv (tidy), "
+                         "summary.md (mean +- 95% CI) and runs/.")
     run.add_argument("protocol", help="protocol YAML file, e.g. protocols/quick.yaml")
     run.add_argument("--results", default="results",
                      help="results root; output goes to RESULTS/<protocol name>/ (default: results)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate and print the plan (methods x folds x trials x seeds) only")
+    run.add_argument("--storage", metavar="URL",
+                     help="optuna storage URL shared by every process (default: sqlite file "
+                     "RESULTS/<protocol>/study.db); e.g. postgresql://user@host/db")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard earlier results of this protocol and start over")
+    run.add_argument("--grace", type=int, default=30, metavar="SECONDS",
+                     help="a trial whose process sent no heartbeat for this long is failed and "
+                     "its slot re-run (default: 30)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a protocol file without running it")
@@ -112,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="dataset option, e.g. --option image_size=32 (repeatable)")
     show.set_defaults(func=cmd_datasets_show)
+    prep = dsub.add_parser("prepare", help="check (or download, where allowed) a real dataset",
+                           description="Check a copy of a real dataset placed under ROOT: "
+                           "official files, lists, images present, documented counts. Where an "
+                           "official source allows it, download and checksum it when missing.")
+    verify = dsub.add_parser("verify", help="decode every image of a real dataset",
+                             description="Report every missing, unreadable or corrupt image, "
+                             "one line each; exit 1 when there is any.")
+    for action in (prep, verify):
+        action.add_argument("name", help="cub200, cars196, sop, inshop, market1501, dukemtmc, "
+                            "msmt17, folder or manifest")
+        action.add_argument("--root", help="dataset folder (default: $BENCH_DATA/NAME, else "
+                            "~/data/NAME)")
+        action.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                            help="dataset option, e.g. --option manifest=list.csv (repeatable)")
+    prep.add_argument("--no-download", action="store_true",
+                      help="never download; only check what is there")
+    prep.set_defaults(func=cmd_datasets_prepare)
+    verify.add_argument("--quick", action="store_true",
+                        help="only check that each file exists and has a readable header")
+    verify.set_defaults(func=cmd_datasets_verify)
+    __import__("bench.splits.cli", fromlist=["cli"]).add_splits_parser(sub)  # bench splits ...
     return parser
 
 

@@ -22,9 +22,16 @@ from bench.paths import cache_root
 
 
 def dataset_fingerprint(ds: ImageDataset) -> str:
-    """A content hash of the images and labels (the cache key's data part)."""
+    """A content hash of the images and labels (the cache key's data part).
+
+    Lazy image sources (real datasets) hash their file list and sizes via ``fingerprint()``.
+    """
     digest = hashlib.sha256()
-    for array in (ds.images, ds.labels, ds.domains, ds.cameras):
+    arrays = [ds.images, ds.labels, ds.domains, ds.cameras]
+    if callable(getattr(ds.images, "fingerprint", None)):
+        digest.update(f"images:{ds.images.fingerprint()}".encode())
+        arrays = arrays[1:]
+    for array in arrays:
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()[:16]

@@ -36,7 +36,9 @@ class DatasetSpec(Section):
 
 class SplitSpec(Section):
     kind: Literal["standard"] = "standard"
-    validation_fraction: float = Field(0.25, gt=0, lt=1)
+    #: Share of the train+validation classes each fold validates on. Default: 1/folds
+    #: (the folds tile the classes), or 0.25 with a single fold.
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
 
 
 class ModelSpec(Section):
@@ -61,9 +63,15 @@ class ScheduleSpec(Section):
 
 
 class AugmentationSpec(Section):
-    """Applied to training batches of images; ignored on the cached-feature path (trunk none)."""
+    """Applied to training batches of images; ignored on the cached-feature path (trunk none).
+
+    ``crop_size`` (e.g. 227 from 256-px images) is the training crop's output size and the
+    evaluation centre crop; None keeps the dataset's image size.
+    """
 
     random_resized_crop_scale: tuple[float, float] | None = None
+    random_resized_crop_ratio: tuple[float, float] = (1.0, 1.0)
+    crop_size: int | None = Field(None, ge=8)
     horizontal_flip: float = Field(0.0, ge=0, le=1)
 
 
@@ -97,21 +105,62 @@ class EvaluationSpec(Section):
     nmi: bool = True
 
 
+class SearchDimension(Section):
+    """One searched hyperparameter: float, log_float, int or categorical."""
+
+    type: Literal["float", "log_float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty `choices` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} dimension needs `low` < `high`")
+        elif self.type == "log_float" and self.low <= 0:
+            raise ValueError("a log_float dimension needs `low` > 0")
+        return self
+
+
+#: Search keys that are not paths into ``params`` but still belong to the method.
+RESERVED_SEARCH_KEYS = ("loss_optimizer.lr",)
+
+
 class MethodSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     method: str = "pml_loss"
     params: dict[str, Any] = Field(default_factory=dict)
+    #: dotted paths into ``params`` (or ``loss_optimizer.lr``) -> search dimension
+    search: dict[str, SearchDimension] = Field(default_factory=dict)
+
+
+class BudgetSpec(Section):
+    """The same search machinery and number of completed trials for every method."""
+
+    trials: int = Field(0, ge=0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    max_failures: int = Field(3, ge=0)
 
 
 class Protocol(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    dataset: DatasetSpec
+    dataset: DatasetSpec | None = None
+    #: several datasets in one protocol (e.g. CUB200, Cars196, SOP); exclusive with ``dataset``
+    datasets: list[DatasetSpec] | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    folds: int = Field(1, ge=1)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    #: the chosen hyperparameters are retrained this many times, seeds seed, seed+1, ...
+    reproductions: int = Field(1, ge=1)
+    seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     methods: list[MethodSpec] = Field(min_length=1)
 
@@ -123,6 +172,27 @@ class Protocol(Section):
         if duplicates:
             raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
         return methods
+
+    @model_validator(mode="after")
+    def _one_dataset_key(self) -> Protocol:
+        if (self.dataset is None) == (self.datasets is None):
+            raise ValueError("give exactly one of `dataset` or `datasets`")
+        if self.datasets is not None and not self.datasets:
+            raise ValueError("`datasets` is empty")
+        return self
+
+    @property
+    def dataset_specs(self) -> list[DatasetSpec]:
+        return self.datasets if self.datasets is not None else [self.dataset]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + r for r in range(self.reproductions)]
+
+    def validation_fraction(self) -> float | None:
+        if self.split.validation_fraction is not None:
+            return self.split.validation_fraction
+        return 0.25 if self.folds == 1 else None
 
 
 def _location(loc: tuple) -> str:

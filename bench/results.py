@@ -1,14 +1,22 @@
-"""Results files: a tidy table and a human summary, written atomically after every run."""
+"""Results files: per-run JSON records, the tidy table rebuilt from them, and the summary.
+
+Each finished reproduction is written atomically as its own JSON file, so a killed run loses
+nothing already finished and a re-run never duplicates rows: ``results.csv`` is always rebuilt
+from the run files.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-ID_COLUMNS = ["protocol", "dataset", "split", "method", "seed", "metric", "value"]
+from bench.analysis.stats import format_interval
+
+ID_COLUMNS = ["protocol", "dataset", "split", "method", "seed", "model", "metric", "value"]
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -20,31 +28,57 @@ def write_text_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect_rows(run_dir: Path) -> list[dict]:
+    """Every row of every run file under ``run_dir``, in a stable order."""
+    rows: list[dict] = []
+    for path in sorted(run_dir.glob("**/*.json")):
+        record = read_json(path)
+        if record is not None:
+            rows.extend(record.get("rows", []))
+    return rows
+
+
 def write_table(path: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
     ordered = ID_COLUMNS + [c for c in frame.columns if c not in ID_COLUMNS]
-    write_text_atomically(path, frame[ordered].to_csv(index=False))
+    frame = frame[ordered].sort_values(["dataset", "method", "seed", "model", "metric"],
+                                       kind="stable")
+    write_text_atomically(path, frame.to_csv(index=False))
 
 
-def summary_markdown(rows: list[dict], *, title: str, header_lines: list[str],
-                     metrics: list[str], failures: dict[str, str], method_order: list[str]) -> str:
-    """One row per method: the mean over seeds of each metric (and the number of seeds)."""
-    lines = [f"# {title}", "", *header_lines, ""]
-    columns = ["method", "seeds", *metrics]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    frame = pd.DataFrame(rows)
+def summary_table(frame: pd.DataFrame, *, model: str, metrics: list[str],
+                  method_order: list[str], failures: dict[str, str],
+                  params: dict[str, dict]) -> list[str]:
+    """Markdown rows: method, reproductions, mean ± 95 % t-interval per metric, parameters."""
+    columns = ["method", "n", *metrics, "hyperparameters"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for method in method_order:
-        if method in failures:
-            cells = [method, "0", *(["failed"] * len(metrics))]
-        else:
-            sub = frame[frame["method"] == method] if len(frame) else frame
-            if sub.empty:
-                continue
-            means = sub.groupby("metric")["value"].mean()
-            cells = [method, str(sub["seed"].nunique()),
-                     *(f"{means[m]:.4f}" if m in means else "-" for m in metrics)]
-        lines.append("| " + " | ".join(cells) + " |")
-    if failures:
-        lines += ["", "Failed runs:", ""]
-        lines += [f"- {method}: {reason}" for method, reason in failures.items()]
-    return "\n".join(lines) + "\n"
+        sub = frame[(frame["method"] == method) & (frame["model"] == model)]
+        chosen = ", ".join(f"{k}={_short(v)}" for k, v in params.get(method, {}).items()) or "-"
+        if method in failures and sub.empty:
+            lines.append("| " + " | ".join([method, "0", *(["failed"] * len(metrics)), chosen])
+                         + " |")
+            continue
+        if sub.empty:
+            continue
+        cells = [method, str(sub["seed"].nunique())]
+        for metric in metrics:
+            values = sub[sub["metric"] == metric].sort_values("seed")["value"].tolist()
+            cells.append(format_interval(values) if values else "-")
+        lines.append("| " + " | ".join([*cells, chosen]) + " |")
+    return lines
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,33 +1,62 @@
-"""Run a protocol: validate everything first, then train and evaluate every method × seed."""
+"""Run a protocol: validate everything first, then for each dataset and method search the
+hyperparameters on validation folds (fixed budget) and retrain the best ones for the test phase.
+
+Resumable: trials live in the optuna storage, finished reproductions in run files; running the
+same command again continues where it stopped.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import platform
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 import bench
-from bench.augment import make_augment
 from bench.data import dataset_info, load_dataset
 from bench.data.records import ImageDataset
 from bench.data.registry import get_spec, resolve_options
 from bench.errors import BenchError
-from bench.evaluate import evaluate_retrieval
-from bench.features import trunk_features
-from bench.methods import method_class, validate_method
-from bench.models import BACKBONES, EmbeddingHead, EmbeddingModel, build_trunk, set_trunk_mode
-from bench.models.backbones import Normalize
-from bench.protocol import METRICS, Protocol, load_protocol
-from bench.results import summary_markdown, write_table, write_text_atomically
-from bench.seeding import seed_everything
-from bench.splits import ClassSplit, standard_split
-from bench.train import DivergedError, embed, train
+from bench.experiment import (
+    Inputs,
+    apply_search_values,
+    evaluate_test,
+    fit_fold,
+    prepare_inputs,
+)
+from bench.methods import validate_method
+from bench.models import BACKBONES
+from bench.protocol import (
+    METRICS,
+    RESERVED_SEARCH_KEYS,
+    DatasetSpec,
+    MethodSpec,
+    Protocol,
+    load_protocol,
+)
+from bench.results import (
+    collect_rows,
+    read_json,
+    summary_table,
+    write_json,
+    write_table,
+    write_text_atomically,
+)
+from bench.search import MethodFailed, TrialFailed, open_storage, run_search
+from bench.splits import ClassSplit
+from bench.splits.kfold import kfold_splits, split_hash
+from bench.train import DivergedError
 
 
 @dataclass
@@ -37,35 +66,69 @@ class Plan:
     protocol: Protocol
     source: str
     protocol_hash: str
+    protocol_text: str
     method_params: dict[str, Any]
 
 
+def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
+    """Every searched key must be a parameter the method accepts: try the mid-point."""
+    from bench.experiment import apply_search_values as apply
+    from bench.protocol import TrainSpec
+
+    for key, dim in spec.search.items():
+        field_name = f"methods.{index}.search.{key}"
+        if key in RESERVED_SEARCH_KEYS:
+            continue
+        if dim.type == "categorical":
+            probe = dim.choices[0]
+        elif dim.type == "int":
+            probe = int((dim.low + dim.high) // 2)
+        else:
+            probe = math.sqrt(dim.low * dim.high) if dim.type == "log_float" else (
+                (dim.low + dim.high) / 2)
+        params, _ = apply(spec.params, TrainSpec(), {key: probe})
+        try:
+            validate_method(spec.method, params, source=source, field=f"methods.{index}")
+        except BenchError as error:
+            raise BenchError(f"searched value {probe!r} is rejected: {error.reason}",
+                             source=source, field=field_name) from None
+
+
 def plan_protocol(path: str | Path) -> Plan:
-    """Validate the protocol, its methods, dataset and backbone; raise BenchError otherwise."""
+    """Validate the protocol, its methods, datasets and backbone; raise BenchError otherwise."""
     protocol, digest = load_protocol(path)
     source = str(path)
-    params = {
-        spec.name: validate_method(spec.method, spec.params, source=source,
-                                   field=f"methods.{i}")
-        for i, spec in enumerate(protocol.methods)
-    }
-    try:
-        spec = get_spec(protocol.dataset.name)
-    except BenchError as error:
-        raise BenchError(error.reason, source=source, field="dataset.name") from None
-    try:
-        resolve_options(spec, protocol.dataset.options)
-    except BenchError as error:
-        raise BenchError(error.reason, source=source, field="dataset.options") from None
-    if not dataset_info(spec.name)["available"]:
-        raise BenchError(f"dataset {spec.name!r} is not available here: "
-                         f"{dataset_info(spec.name)['where']}", source=source, field="dataset.name")
+    params = {}
+    for i, spec in enumerate(protocol.methods):
+        params[spec.name] = validate_method(spec.method, spec.params, source=source,
+                                            field=f"methods.{i}")
+        _check_search_space(spec, i, source)
+    for i, dspec in enumerate(protocol.dataset_specs):
+        where = "dataset" if protocol.datasets is None else f"datasets.{i}"
+        try:
+            spec = get_spec(dspec.name)
+        except BenchError as error:
+            raise BenchError(error.reason, source=source, field=f"{where}.name") from None
+        try:
+            resolve_options(spec, dspec.options)
+        except BenchError as error:
+            raise BenchError(error.reason, source=source, field=f"{where}.options") from None
     if protocol.model.backbone not in BACKBONES:
         raise BenchError(f"unknown backbone {protocol.model.backbone!r} (known: "
                          f"{', '.join(BACKBONES)})", source=source, field="model.backbone")
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
-    return Plan(protocol, source, digest, params)
+    text = Path(path).read_text(encoding="utf-8")
+    return Plan(protocol, source, digest, text, params)
+
+
+def check_available(plan: Plan) -> None:
+    for i, dspec in enumerate(plan.protocol.dataset_specs):
+        info = dataset_info(dspec.name)
+        if not info["available"] and not dspec.options.get("root"):
+            where = "dataset" if plan.protocol.datasets is None else f"datasets.{i}"
+            raise BenchError(f"dataset {dspec.name!r} is not available here: {info['where']}",
+                             source=plan.source, field=f"{where}.name")
 
 
 def pick_device(choice: str) -> torch.device:
@@ -74,169 +137,264 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def describe_plan(plan: Plan) -> str:
+    """The dry-run text: methods × folds × trials × seeds and the training runs it implies."""
+    p = plan.protocol
+    trials = p.budget.trials
+    lines = [f"protocol {p.name} ({plan.source}, sha256 {plan.protocol_hash[:16]})",
+             f"datasets: {', '.join(d.name for d in p.dataset_specs)}; folds: {p.folds}; "
+             f"budget: {trials} completed trials per method ({p.budget.sampler}, seed "
+             f"{p.budget.seed}, max_failures {p.budget.max_failures}); reproductions: "
+             f"{p.reproductions} (seeds {', '.join(map(str, p.seeds))})",
+             f"backbone {p.model.backbone} (pretrained {p.model.pretrained}, trunk "
+             f"{p.model.trunk}), {p.model.embedding_size}-d; up to {p.train.iterations} "
+             f"iterations per run, batch {p.train.batch_size}", "",
+             "| dataset | method | searched | search runs | test runs | max iterations |",
+             "|---|---|---|---|---|---|"]
+    total_runs = 0
+    for dspec in p.dataset_specs:
+        for m in p.methods:
+            searched = ", ".join(m.search) or "-"
+            search_runs = (trials if m.search else 0) * p.folds
+            test_runs = p.reproductions * p.folds
+            runs = search_runs + test_runs
+            total_runs += runs
+            lines.append(f"| {dspec.name} | {m.name} | {searched} | {search_runs} | {test_runs} "
+                         f"| {runs * p.train.iterations:,} |")
+    lines += ["", f"total: {total_runs} training runs, at most "
+              f"{total_runs * p.train.iterations:,} iterations of batch {p.train.batch_size}"]
+    return "\n".join(lines)
+
+
 @dataclass
-class Inputs:
-    """What the loop consumes: cached trunk features (frozen path) or raw images."""
-
-    tensor: torch.Tensor
-    feature_size: int
-    weights: str
-    frozen: bool
-
-
-def prepare_inputs(plan: Plan, ds: ImageDataset, device: torch.device, progress: bool) -> Inputs:
-    model = plan.protocol.model
-    if model.trunk == "none":
-        features, weights = trunk_features(ds, model.backbone, pretrained=model.pretrained,
-                                           device=device, progress=progress)
-        return Inputs(torch.from_numpy(features), features.shape[1], weights, True)
-    trunk = build_trunk(model.backbone, pretrained=model.pretrained)
-    return Inputs(torch.from_numpy(ds.images), trunk.feature_size, trunk.weights, False)
+class DatasetContext:
+    spec: DatasetSpec
+    ds: ImageDataset
+    inputs: Inputs
+    folds: list[ClassSplit]
+    split_sha256: str
 
 
-def build_model(plan: Plan, inputs: Inputs) -> EmbeddingModel:
-    spec = plan.protocol.model
-    head = EmbeddingHead(inputs.feature_size, spec.embedding_size, spec.head_hidden)
-    if inputs.frozen:
-        return EmbeddingModel(head)
-    trunk = build_trunk(spec.backbone, pretrained=spec.pretrained)
-    set_trunk_mode(trunk, spec.trunk)
-    return EmbeddingModel(head, torch.nn.Sequential(Normalize(), trunk.network))
+@dataclass
+class RunOptions:
+    results_root: Path = Path("results")
+    storage: str | None = None
+    fresh: bool = False
+    progress: bool = True
+    heartbeat: int = 10
+    grace: int = 30
+
+
+@dataclass
+class MethodState:
+    params: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
 
 
 class ProtocolRun:
-    """One protocol's run: loads data once, then trains each method × seed in turn."""
+    """One protocol's run over its datasets and methods."""
 
-    def __init__(self, plan: Plan, results_dir: Path, *, progress: bool = True) -> None:
+    def __init__(self, plan: Plan, options: RunOptions) -> None:
         self.plan = plan
-        self.protocol = plan.protocol
-        self.results_dir = results_dir
-        self.progress = progress
-        self.device = pick_device(self.protocol.device)
-        self.rows: list[dict] = []
-        self.history: list[dict] = []
-        self.failures: dict[str, str] = {}
+        self.p = plan.protocol
+        self.options = options
+        self.dir = options.results_root / self.p.name
+        self.device = pick_device(self.p.device)
+        self.states: dict[tuple[str, str], MethodState] = {}
+        self.started = time.perf_counter()
 
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare_directory(self) -> None:
+        """Refuse to mix results of a changed protocol; --fresh starts over."""
+        copy = self.dir / "protocol.yaml"
+        if self.options.fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        if copy.is_file():
+            previous = copy.read_text(encoding="utf-8")
+            if previous != self.plan.protocol_text:
+                diff = "".join(difflib.unified_diff(
+                    previous.splitlines(True), self.plan.protocol_text.splitlines(True),
+                    fromfile=f"{copy} (first run)", tofile=self.plan.source))
+                tqdm.write(diff.rstrip())
+                raise BenchError(f"changed since the results in {self.dir} were started (diff "
+                                 f"above); rerun with --fresh to discard them",
+                                 source=self.plan.source)
+        else:
+            write_text_atomically(copy, self.plan.protocol_text)
+
+    def storage_url(self) -> str:
+        return self.options.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
+
+    def load(self, dspec: DatasetSpec) -> DatasetContext:
+        ds = load_dataset(dspec.name, **dspec.options)
+        classes = np.unique(ds.labels)
+        half = len(classes) // 2
+        folds = kfold_splits(classes[:half], classes[half:], self.p.folds,
+                             self.p.validation_fraction())
+        inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
+        return DatasetContext(dspec, ds, inputs, folds, split_hash(folds))
+
+    # -- the run ------------------------------------------------------------------------------
     def run(self) -> Path:
-        started = time.perf_counter()
-        p = self.protocol
-        ds = load_dataset(p.dataset.name, **p.dataset.options)
-        split = standard_split(ds.labels, p.split.validation_fraction)
-        inputs = prepare_inputs(self.plan, ds, self.device, self.progress)
-        self.context = self._context(ds, split, inputs)
-        jobs = [(m, s) for m in p.methods for s in p.seeds]
-        outer = tqdm(jobs, desc=p.name, disable=not self.progress, dynamic_ncols=True)
-        for spec, seed in outer:
-            outer.set_postfix(method=spec.name, seed=seed)
-            if spec.name in self.failures:
+        self.prepare_directory()
+        storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                               grace=self.options.grace)
+        for dspec in self.p.dataset_specs:
+            ctx = self.load(dspec)
+            for spec in self.p.methods:
+                state = self.states.setdefault((dspec.name, spec.name), MethodState())
+                try:
+                    state.params = self.search(ctx, spec, storage)
+                    self.reproduce(ctx, spec, state.params)
+                except MethodFailed as error:
+                    state.failure = str(error)
+                    tqdm.write(f"bench: {self.p.name}: {dspec.name}/{spec.name} failed: {error}")
+                self.write_outputs()
+        return self.dir / "summary.md"
+
+    def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
+        return f"{self.p.name}:{ctx.spec.name}:{spec.name}:standard"
+
+    def train_folds(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any], *,
+                    seed: int, label: str):
+        params, train_spec = apply_search_values(spec.params, self.p.train, values)
+        parsed = validate_method(spec.method, params, source=self.plan.source, field=spec.name)
+        return [fit_fold(self.p, ctx.ds, ctx.inputs, fold, method=spec.method,
+                         parsed_params=parsed, train_spec=train_spec, seed=seed,
+                         device=self.device, progress=self.options.progress,
+                         description=f"{spec.name} {label} {fold.name}")
+                for fold in ctx.folds]
+
+    def search(self, ctx: DatasetContext, spec: MethodSpec, storage) -> dict[str, Any]:
+        """Best searched values (empty when the method searches nothing or the budget is 0)."""
+        if not spec.search or self.p.budget.trials == 0:
+            return {}
+        study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
+                                    direction="maximize", load_if_exists=True)
+        bar = tqdm(total=self.p.budget.trials, desc=f"search {spec.name}",
+                   disable=not self.options.progress, dynamic_ncols=True, leave=False)
+
+        def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+            try:
+                results = self.train_folds(ctx, spec, values, seed=self.p.seed, label="trial")
+            except (DivergedError, BenchError, RuntimeError, ValueError) as error:
+                raise TrialFailed(f"{type(error).__name__}: {error}") from error
+            scores = [r.validation_score for r in results]
+            stderr = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 \
+                else float("nan")
+            return float(np.mean(scores)), {"fold_scores": scores, "stderr": stderr,
+                                            "best_iterations": [r.best_iteration for r in results]}
+
+        def progress(complete: int, failed: int) -> None:
+            bar.n = complete
+            bar.set_postfix(failed=failed)
+            bar.refresh()
+
+        outcome = run_search(study, spec.search, self.p.budget, objective, on_trial=progress)
+        bar.close()
+        return outcome.best_params
+
+    def run_file(self, ctx: DatasetContext, spec: MethodSpec, seed: int) -> Path:
+        return self.dir / "runs" / ctx.spec.name / spec.name / f"seed{seed}.json"
+
+    def reproduce(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any]) -> None:
+        """Retrain the chosen values once per reproduction seed; evaluate on the test classes."""
+        for seed in self.p.seeds:
+            path = self.run_file(ctx, spec, seed)
+            done = read_json(path)
+            if done is not None and done.get("params") == values:
                 continue
             try:
-                self._run_one(spec, seed, ds, split, inputs)
-            except DivergedError as error:
-                self.failures[spec.name] = f"seed {seed}: {error}"
-                tqdm.write(f"bench: {p.name}: method {spec.name} failed: {error}")
-            self._write(time.perf_counter() - started)
-        return self.results_dir / "summary.md"
+                results = self.train_folds(ctx, spec, values, seed=seed, label=f"seed {seed}")
+            except (DivergedError, RuntimeError) as error:
+                raise MethodFailed(f"seed {seed}: {type(error).__name__}: {error}") from error
+            metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.folds[0],
+                                    [r.model for r in results], seed=seed, device=self.device)
+            provenance = self.provenance(ctx, seed, values, results)
+            rows = [{"protocol": self.p.name, "dataset": ctx.spec.name, "split": "standard",
+                     "method": spec.name, "seed": seed, "model": model, "metric": metric,
+                     "value": float(value), **provenance}
+                    for model, values_ in metrics.items()
+                    for metric, value in values_.items() if metric in METRICS]
+            history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+            write_json(path, {"params": values, "rows": rows, "history": history})
 
-    def _context(self, ds: ImageDataset, split: ClassSplit, inputs: Inputs) -> dict[str, Any]:
-        counts = {role: int(np.isin(ds.labels, getattr(split, role)).sum())
-                  for role in ("train", "validation", "test")}
-        return {
-            "classes": {r: len(getattr(split, r)) for r in ("train", "validation", "test")},
-            "images": counts,
-            "weights": inputs.weights,
-        }
-
-    def _run_one(self, spec, seed: int, ds: ImageDataset, split: ClassSplit,
-                 inputs: Inputs) -> None:
-        p = self.protocol
-        seed_everything(seed)
-        train_mask = np.isin(ds.labels, split.train)
-        val_mask = np.isin(ds.labels, split.validation)
-        test_mask = np.isin(ds.labels, split.test)
-        train_labels = np.searchsorted(split.train, ds.labels[train_mask])
-        model = build_model(self.plan, inputs)
-        method = method_class(spec.method)(self.plan.method_params[spec.name],
-                                           num_classes=len(split.train),
-                                           embedding_size=p.model.embedding_size)
-        val_inputs, val_labels = inputs.tensor[val_mask], ds.labels[val_mask]
-        primary = p.evaluation.primary
-        batch = p.train.eval_batch_size
-
-        def validate(m: torch.nn.Module) -> float:
-            emb = embed(m, val_inputs, batch_size=batch, device=self.device)
-            return evaluate_retrieval(emb, val_labels, nmi=primary == "nmi", seed=seed)[primary]
-
-        result = train(model, method, inputs.tensor[train_mask], train_labels, p.train,
-                       validate=validate, seed=seed, device=self.device,
-                       augment=None if inputs.frozen else make_augment(p.train.augmentation),
-                       progress=self.progress, description=f"{spec.name} s{seed}")
-        model.load_state_dict(result.best_state)
-        test_emb = embed(model, inputs.tensor[test_mask], batch_size=batch, device=self.device)
-        metrics = evaluate_retrieval(test_emb, ds.labels[test_mask], nmi=p.evaluation.nmi,
-                                     seed=seed)
-        provenance = self._provenance(seed, result.best_iteration, result.iterations_run)
-        for metric in METRICS:
-            if metric in metrics:
-                self.rows.append({"protocol": p.name, "dataset": p.dataset.name,
-                                  "split": split.name, "method": spec.name, "seed": seed,
-                                  "metric": metric, "value": float(metrics[metric]),
-                                  **provenance})
-        for h in result.history:
-            self.history.append({"method": spec.name, "seed": seed, **h})
-
-    def _provenance(self, seed: int, best_iteration: int, iterations_run: int) -> dict[str, Any]:
+    def provenance(self, ctx: DatasetContext, seed: int, values: dict[str, Any],
+                   results) -> dict[str, Any]:
         import pytorch_metric_learning
 
         return {
+            "setting": "dml",
+            "hyperparameters": json.dumps(values, sort_keys=True),
+            "best_iterations": json.dumps([r.best_iteration for r in results]),
             "query_reference": "test=test, self-match excluded",
-            "k": self.protocol.evaluation.k,
-            "best_iteration": best_iteration,
-            "iterations_run": iterations_run,
+            "k": self.p.evaluation.k,
+            "folds": self.p.folds,
             "protocol_sha256": self.plan.protocol_hash[:16],
-            "backbone": self.protocol.model.backbone,
-            "weights": self.context["weights"],
+            "split_sha256": ctx.split_sha256,
+            "search_seed": self.p.budget.seed,
+            "backbone": self.p.model.backbone,
+            "weights": ctx.inputs.weights,
             "device": str(self.device),
             "bench": bench.__version__,
             "torch": torch.__version__,
             "pml": pytorch_metric_learning.__version__,
+            "optuna": optuna.__version__,
             "python": platform.python_version(),
         }
 
-    def _write(self, elapsed: float) -> None:
-        p = self.protocol
-        if self.rows:
-            write_table(self.results_dir / "results.csv", self.rows)
-        if self.history:
-            import pandas as pd
+    # -- outputs ------------------------------------------------------------------------------
+    def write_outputs(self) -> None:
+        rows = collect_rows(self.dir / "runs")
+        if rows:
+            write_table(self.dir / "results.csv", rows)
+        write_text_atomically(self.dir / "summary.md", self.summary(rows))
 
-            write_text_atomically(self.results_dir / "history.csv",
-                                  pd.DataFrame(self.history).to_csv(index=False))
-        c = self.context
-        header = [
-            f"Protocol `{self.plan.source}` (sha256 {self.plan.protocol_hash[:16]}), "
-            f"dataset `{p.dataset.name}`, standard split: "
-            f"{c['classes']['train']} train / {c['classes']['validation']} validation / "
-            f"{c['classes']['test']} test classes "
-            f"({c['images']['train']} / {c['images']['validation']} / {c['images']['test']} images).",
-            f"Backbone {p.model.backbone} ({c['weights']}), trunk `{p.model.trunk}`, "
-            f"{p.model.embedding_size}-d embeddings; {p.train.iterations} iterations max, "
-            f"batch {p.train.batch_size} (m={p.train.m_per_class}); early stopping on validation "
-            f"`{p.evaluation.primary}`. Test: query = reference = test classes, self-match "
-            f"excluded, k = {p.evaluation.k}. Seeds: {', '.join(map(str, p.seeds))}. "
-            f"Device {self.device}; elapsed {elapsed:.0f} s.",
-        ]
+    def summary(self, rows: list[dict]) -> str:
+        p = self.p
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(
+            columns=["dataset", "method", "model", "metric", "value", "seed"])
         metrics = [m for m in METRICS if m != "nmi" or p.evaluation.nmi]
-        text = summary_markdown(self.rows, title=f"Results: {p.name}", header_lines=header,
-                                metrics=metrics, failures=self.failures,
-                                method_order=[m.name for m in p.methods])
-        write_text_atomically(self.results_dir / "summary.md", text)
+        headline = "concatenated" if p.folds > 1 else "separate"
+        lines = [f"# Results: {p.name}", "",
+                 f"Protocol `{self.plan.source}` (sha256 {self.plan.protocol_hash[:16]}). "
+                 f"Backbone {p.model.backbone}, trunk `{p.model.trunk}`, "
+                 f"{p.model.embedding_size}-d; {p.folds} class-disjoint fold(s); search budget "
+                 f"{p.budget.trials} completed trials per method ({p.budget.sampler}); "
+                 f"{p.reproductions} reproduction(s) (seeds {', '.join(map(str, p.seeds))}); "
+                 f"early stopping on validation `{p.evaluation.primary}`.",
+                 f"Test: query = reference = test classes, self-match excluded, "
+                 f"k = {p.evaluation.k}. Values: mean ± 95 % t-interval over reproductions. "
+                 f"Device {self.device}.", ""]
+        for dspec in p.dataset_specs:
+            failures = {m: s.failure for (d, m), s in self.states.items()
+                        if d == dspec.name and s.failure}
+            params = {m: s.params for (d, m), s in self.states.items() if d == dspec.name}
+            sub = frame[frame["dataset"] == dspec.name] if len(frame) else frame
+            order = [m.name for m in p.methods]
+            lines += [f"## {dspec.name}: {headline}"
+                      + (" (fold models' embeddings concatenated)" if p.folds > 1 else ""), ""]
+            lines += summary_table(sub, model=headline, metrics=metrics, method_order=order,
+                                   failures=failures, params=params)
+            if p.folds > 1:
+                lines += ["", f"## {dspec.name}: separate (mean of the {p.folds} fold models)",
+                          ""]
+                lines += summary_table(sub, model="separate", metrics=metrics,
+                                       method_order=order, failures=failures, params=params)
+            if failures:
+                lines += ["", "Failed methods:", ""]
+                lines += [f"- {m}: {reason}" for m, reason in failures.items()]
+            lines.append("")
+        return "\n".join(lines)
 
 
-def run_protocol(path: str | Path, *, results_root: str | Path = "results",
-                 progress: bool = True) -> tuple[Path, dict[str, str]]:
+def run_protocol(path: str | Path, options: RunOptions | None = None
+                 ) -> tuple[Path, dict[str, str]]:
     """Validate, then run; returns the summary path and the failed methods with reasons."""
+    options = options or RunOptions()
     plan = plan_protocol(path)
-    run = ProtocolRun(plan, Path(results_root) / plan.protocol.name, progress=progress)
+    check_available(plan)
+    run = ProtocolRun(plan, options)
     summary = run.run()
-    return summary, run.failures
+    failures = {f"{d}/{m}": s.failure for (d, m), s in run.states.items() if s.failure}
+    return summary, failures

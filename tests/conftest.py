@@ -25,7 +25,7 @@ TINY_PROTOCOL = {
               "embedding_size": 32, "head_hidden": 64},
     "train": {"iterations": 30, "batch_size": 32, "m_per_class": 4, "validate_every": 10,
               "patience": 3},
-    "seeds": [0],
+    "reproductions": 1,
     "methods": [
         {"name": "contrastive", "params": {"loss": "ContrastiveLoss"}},
         {"name": "proxy_anchor", "params": {"loss": "ProxyAnchorLoss"}},

@@ -30,7 +30,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
          ["methods.0.params.loss_params", "ArcFaceLoss rejects", "margn"]),
         ({"dataset": {"name": "imagenet42"}}, ["dataset.name", "imagenet42"]),
         ({"model": {"backbone": "vgg11"}}, ["model.backbone", "vgg11"]),
-        ({"seeds": "zero"}, ["seeds", "valid list"]),
+        ({"reproductions": "two"}, ["reproductions", "valid integer"]),
     ],
 )
 def test_bad_protocol_one_line_exit_2_nothing_written(

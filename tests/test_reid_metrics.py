@@ -103,6 +103,7 @@ def test_no_valid_match_raises() -> None:
     ({"gallery": np.zeros((10, 2))}, "gallery: has dimension 2 but query has 1"),
     ({"query_ids": ["a", "b", "c", "d"]}, "query_ids: must be integers"),
     ({"ranks": (0,)}, "ranks: must be a non-empty sequence of positive integers"),
+    ({"gallery_cams": ["c"] * 10}, "gallery_cams: dtype <U1 cannot be compared"),
 ])
 def test_bad_input_raises_bench_error(change: dict, message: str) -> None:
     q, qi, qc = split(QUERIES)

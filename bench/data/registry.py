@@ -21,7 +21,18 @@ from bench.data import cache as _cache
 from bench.data.records import ImageDataset, standard_split
 from bench.errors import BenchError
 
-BUILTIN_MODULES: tuple[str, ...] = ("bench.data.glyphs", "bench.data.emoji")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "bench.data.glyphs",
+    "bench.data.emoji",
+    # real datasets read from disk (bench/data/real/)
+    "bench.data.real.cub",
+    "bench.data.real.cars",
+    "bench.data.real.sop",
+    "bench.data.real.inshop",
+    "bench.data.real.reid",
+    "bench.data.real.folder",
+    "bench.data.real.manifest",
+)
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 _builtins_loaded = False
@@ -198,8 +209,11 @@ def load_dataset(name: str, *, cache: bool = True, **options: Any) -> ImageDatas
     """
     spec = get_spec(name)
     resolved = resolve_options(spec, options)
-    if not spec.available():
+    file_backed = "root" in spec.options  # read lazily from the user's copy: no npz cache
+    if not (file_backed and resolved.get("root")) and not spec.available():
         raise BenchError(f"not available here: {spec.where()}", source=f"dataset {name}")
+    if file_backed:
+        return _build(spec, resolved, key="")
     sources = spec.sources(resolved)
     key = _cache.content_key(name, spec.version, resolved, sources)
     if not cache:

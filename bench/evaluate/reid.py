@@ -87,9 +87,15 @@ def evaluate_reid(query: Any, query_ids: Any, query_cams: Any, gallery: Any, gal
     g_ids = as_ids(gallery_ids, len(g), "gallery_ids")
     q_cams = as_labels(query_cams, len(q), "query_cams", SOURCE)
     g_cams = as_labels(gallery_cams, len(g), "gallery_cams", SOURCE)
+    if (q_cams.dtype.kind in "biuf") != (g_cams.dtype.kind in "biuf"):
+        raise BenchError(f"dtype {g_cams.dtype} cannot be compared with query_cams dtype "
+                         f"{q_cams.dtype}", source=SOURCE, field="gallery_cams")
     ranks = check_positive_ints(ranks, "ranks", SOURCE)
     chunk_size = check_chunk_size(chunk_size, SOURCE)
-    junk = np.isin(g_ids, to_numpy(junk_ids).astype(np.int64).ravel())
+    junk_arr = to_numpy(junk_ids).ravel()
+    if junk_arr.dtype.kind not in "iu" and junk_arr.size:
+        raise BenchError(f"must be integers, got {junk_ids!r}", source=SOURCE, field="junk_ids")
+    junk = np.isin(g_ids, junk_arr.astype(np.int64))
 
     # Default: squared L2 by GEMM against the distinct gallery vectors, so duplicates tie exactly.
     scorer = score_fn if score_fn is not None else grouped_neg_sq_distance(*unique_rows(g))

@@ -250,6 +250,14 @@ def nearest_neighbours(query: np.ndarray, reference: np.ndarray, k: int, *,
     Without ``score_fn`` the ranking is faiss ``IndexFlatL2`` (as PML); with it, chunked
     dense scoring.
     """
+    query = as_embeddings(query, "query", SOURCE)
+    reference = as_embeddings(reference, "reference", SOURCE)
+    available = len(reference) - int(self_index is not None)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
+        raise BenchError(f"must be an integer in 1..{available}, got {k!r}", source=SOURCE,
+                         field="k")
+    if self_index is not None:
+        self_index = np.asarray(self_index, dtype=np.int64)
     if score_fn is None:
         return faiss_neighbours(query, reference, k, self_index, chunk_size)
     return dense_neighbours(query, reference, k, self_index, score_fn, chunk_size, SOURCE)

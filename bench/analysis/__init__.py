@@ -1,0 +1,1 @@
+"""Analysis of results files. Never imports torch: reports and notebooks stay light."""
