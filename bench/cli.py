@@ -23,6 +23,10 @@ examples:
   bench datasets show glyphs              counts and a contact-sheet PNG
   bench datasets prepare cub200 --root D  check (or download) a real dataset copy
   bench datasets verify cub200 --root D   decode every image, list the bad ones
+  bench run protocols/quick.yaml --dry-run   the plan: methods x folds x trials x seeds
+  bench splits make --dataset glyphs --extractor mobilenet_v2   FID-ranked split sequence
+  bench audit protocols/claims/reality_check.yaml --results results/quick
+  bench report results/quick              one self-contained HTML page (+ Markdown)
 
 exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input.
 """
@@ -176,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only check that each file exists and has a readable header")
     verify.set_defaults(func=cmd_datasets_verify)
     __import__("bench.splits.cli", fromlist=["cli"]).add_splits_parser(sub)  # bench splits ...
+    __import__("bench.analysis.cli", fromlist=["cli"]).add_analysis_parsers(sub)  # audit, report
     return parser
 
 

@@ -19,7 +19,7 @@ from bench.data.records import ImageDataset
 from bench.evaluate import evaluate_retrieval
 from bench.features import trunk_features
 from bench.methods import method_class
-from bench.models import EmbeddingHead, EmbeddingModel, build_trunk, set_trunk_mode
+from bench.models import EmbeddingHead, EmbeddingModel, FrozenBatchNorm, build_trunk, set_trunk_mode
 from bench.models.backbones import Normalize
 from bench.protocol import Protocol, TrainSpec
 from bench.seeding import seed_everything
@@ -45,8 +45,30 @@ def prepare_inputs(protocol: Protocol, ds: ImageDataset, device: torch.device,
                                            device=device, progress=progress)
         return Inputs(torch.from_numpy(features), features.shape[1], weights, True)
     trunk = build_trunk(model.backbone, pretrained=model.pretrained)
-    images = ds.images if isinstance(ds.images, np.ndarray) else ds.images[:]
-    return Inputs(torch.from_numpy(images), trunk.feature_size, trunk.weights, False)
+    if isinstance(ds.images, np.ndarray):
+        return Inputs(torch.from_numpy(ds.images), trunk.feature_size, trunk.weights, False)
+    return Inputs(LazyImageTensor(ds.images), trunk.feature_size, trunk.weights, False)
+
+
+class LazyImageTensor:
+    """File-backed images decoded batch by batch, so SOP-sized sets never sit in memory whole.
+
+    Boolean masks select lazily (the loop's train/validation/test subsets); integer indices and
+    slices decode and return a uint8 NHWC tensor, as the in-memory path does.
+    """
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        if isinstance(index, np.ndarray) and index.dtype == bool:
+            return LazyImageTensor(self.images.select(np.flatnonzero(index)))
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        return torch.from_numpy(self.images[index])
 
 
 class CenterCrop(nn.Module):
@@ -71,8 +93,11 @@ def build_model(protocol: Protocol, inputs: Inputs) -> EmbeddingModel:
         return EmbeddingModel(head)
     trunk = build_trunk(spec.backbone, pretrained=spec.pretrained)
     set_trunk_mode(trunk, spec.trunk)
+    network = trunk.network
+    if spec.freeze_batchnorm:
+        network = FrozenBatchNorm(network, freeze_affine=spec.freeze_batchnorm_affine)
     crop = CenterCrop(protocol.train.augmentation.crop_size)
-    return EmbeddingModel(head, nn.Sequential(crop, Normalize(), trunk.network))
+    return EmbeddingModel(head, nn.Sequential(crop, Normalize(trunk.normalization), network))
 
 
 def apply_search_values(params: dict[str, Any], train_spec: TrainSpec,

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from bench.data.records import ImageDataset
 from bench.models import Normalize, build_trunk
+from bench.models.backbones import IMAGENET_NORMALIZATION, InputNormalization
 from bench.paths import cache_root
 
 
@@ -39,9 +40,10 @@ def dataset_fingerprint(ds: ImageDataset) -> str:
 
 @torch.no_grad()
 def extract(network: nn.Module, images: np.ndarray, *, device: torch.device, batch_size: int = 256,
-            progress: bool = True, description: str = "features") -> np.ndarray:
-    """Run ``Normalize`` + ``network`` over uint8 NHWC images in eval mode."""
-    model = nn.Sequential(Normalize(), network).to(device).eval()
+            progress: bool = True, description: str = "features",
+            normalization: InputNormalization = IMAGENET_NORMALIZATION) -> np.ndarray:
+    """Run ``Normalize(normalization)`` + ``network`` over uint8 NHWC images in eval mode."""
+    model = nn.Sequential(Normalize(normalization), network).to(device).eval()
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=description, disable=not progress,
                       leave=False, dynamic_ncols=True):
@@ -69,7 +71,7 @@ def trunk_features(ds: ImageDataset, backbone: str, *, pretrained: bool, device:
     if use_cache and path.is_file():
         return np.load(path, allow_pickle=False), trunk.weights
     features = extract(trunk.network, ds.images, device=device, progress=progress,
-                       description=f"{backbone} features")
+                       description=f"{backbone} features", normalization=trunk.normalization)
     if use_cache:
         _save_atomically(path, features)
     return features, trunk.weights

@@ -47,6 +47,12 @@ class ModelSpec(Section):
     trunk: Literal["all", "none", "last_stage"] = "none"
     embedding_size: int = Field(128, ge=2)
     head_hidden: int = Field(512, ge=0)
+    #: every BatchNorm layer of the trunk stays in eval mode while training (running statistics
+    #: frozen); its affine parameters are frozen too unless ``freeze_batchnorm_affine`` is false
+    freeze_batchnorm: bool = False
+    #: false = pytorch-metric-learning's ``freeze_trunk_batchnorm`` (Reality Check): statistics
+    #: frozen, BatchNorm scale/shift still trained. Only meaningful with ``freeze_batchnorm``.
+    freeze_batchnorm_affine: bool = True
 
 
 class OptimizerSpec(Section):
@@ -65,14 +71,28 @@ class ScheduleSpec(Section):
 class AugmentationSpec(Section):
     """Applied to training batches of images; ignored on the cached-feature path (trunk none).
 
-    ``crop_size`` (e.g. 227 from 256-px images) is the training crop's output size and the
-    evaluation centre crop; None keeps the dataset's image size.
+    ``random_resized_crop_scale``/``_ratio``: torchvision's RandomResizedCrop (area share drawn
+    uniformly, aspect ratio w/h log-uniformly; after 10 failed draws a centre crop clipped to the
+    ratio range). ``crop_size`` (e.g. 227 from 256-px images) is the training crop's output size
+    and the evaluation centre crop; None keeps the dataset's image size. With ``crop_size`` and
+    no random resized crop, training takes a plain random ``crop_size`` crop (no rescaling).
     """
 
     random_resized_crop_scale: tuple[float, float] | None = None
     random_resized_crop_ratio: tuple[float, float] = (1.0, 1.0)
     crop_size: int | None = Field(None, ge=8)
     horizontal_flip: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentationSpec:
+        if self.random_resized_crop_scale is not None:
+            low, high = self.random_resized_crop_scale
+            if not 0 < low <= high <= 1:
+                raise ValueError("random_resized_crop_scale needs 0 < low <= high <= 1")
+        low, high = self.random_resized_crop_ratio
+        if not 0 < low <= high:
+            raise ValueError("random_resized_crop_ratio needs 0 < low <= high")
+        return self
 
 
 class TrainSpec(Section):

@@ -37,8 +37,18 @@ class PmlLossParams(BaseModel):
     miner_params: dict[str, Any] = Field(default_factory=dict)
 
 
-def _needs_sizes(loss_class: type) -> bool:
-    return bool(_SIZED & set(inspect.signature(loss_class.__init__).parameters))
+def _sizes_to_inject(loss_class: type, loss_params: dict[str, Any]) -> set[str]:
+    """Size arguments the constructor requires, plus any the protocol set to ``auto``.
+
+    MarginLoss, for one, takes an optional ``num_classes`` (per-class beta): it gets the class
+    count only when the protocol asks for it with ``num_classes: auto``.
+    """
+    parameters = inspect.signature(loss_class.__init__).parameters
+    required = {name for name in _SIZED & set(parameters)
+                if parameters[name].default is inspect.Parameter.empty}
+    if "args" in parameters and "num_classes" not in parameters:  # CosFace passes *args on
+        required |= _SIZED
+    return required | {name for name in _SIZED if loss_params.get(name) == "auto"}
 
 
 def _construct(cls: type, kwargs: dict[str, Any], *, source: str, field: str) -> Any:
@@ -80,8 +90,8 @@ class PmlLoss(Method):
                source: str = "<protocol>", field: str = "params") -> tuple[nn.Module, Any]:
         loss_class = LOSSES[p.loss]
         kwargs = dict(p.loss_params)
-        if _needs_sizes(loss_class):
-            kwargs.update(num_classes=num_classes, embedding_size=embedding_size)
+        sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
+        kwargs.update({name: sizes[name] for name in _sizes_to_inject(loss_class, kwargs)})
         loss = _construct(loss_class, kwargs, source=source, field=f"{field}.loss_params")
         miner = None
         if p.miner is not None:
