@@ -35,10 +35,27 @@ class DatasetSpec(Section):
 
 
 class SplitSpec(Section):
-    kind: Literal["standard"] = "standard"
+    """``standard``: first half of the classes train, second half test. ``fid_sequence``: the
+    ooDML sequence of splits of rising train/test FID, from ``file`` (a split file made by
+    `bench splits make` or imported; ``{dataset}`` is replaced by the dataset name) or generated
+    with ``extractor`` and ``sequence`` options. Hyperparameters are searched on the default
+    split only, then every method runs on every split with the values its search chose."""
+
+    kind: Literal["standard", "fid_sequence"] = "standard"
     #: Share of the train+validation classes each fold validates on. Default: 1/folds
     #: (the folds tile the classes), or 0.25 with a single fold.
     validation_fraction: float | None = Field(None, gt=0, lt=1)
+    file: str | None = None
+    extractor: str = "mobilenet_v2"
+    sequence: dict[str, Any] = Field(default_factory=dict)
+    #: keep this many splits, evenly spaced from easiest to hardest (the default always kept)
+    select: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _sequence_keys_only_for_sequences(self) -> SplitSpec:
+        if self.kind == "standard" and (self.file or self.sequence or self.select):
+            raise ValueError("`file`, `sequence` and `select` need `kind: fid_sequence`")
+        return self
 
 
 class ModelSpec(Section):

@@ -52,8 +52,8 @@ def collect_rows(run_dir: Path) -> list[dict]:
 def write_table(path: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
     ordered = ID_COLUMNS + [c for c in frame.columns if c not in ID_COLUMNS]
-    frame = frame[ordered].sort_values(["dataset", "method", "seed", "model", "metric"],
-                                       kind="stable")
+    frame = frame[ordered].sort_values(["dataset", "split", "method", "seed", "model",
+                                        "metric"], kind="stable")
     write_text_atomically(path, frame.to_csv(index=False))
 
 
@@ -82,3 +82,20 @@ def summary_table(frame: pd.DataFrame, *, model: str, metrics: list[str],
 
 def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def sequence_table(frame: pd.DataFrame, splits, *, model: str, metric: str,
+                   method_order: list[str]) -> list[str]:
+    """Markdown rows: one per method, one column per split of the sequence (FID in the header)."""
+    header = ["method", *(f"{s.id}{'*' if s.is_default else ''} (FID {s.fid:.1f})"
+                          for s in splits)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = frame[(frame["model"] == model) & (frame["metric"] == metric)] if len(frame) else frame
+    for method in method_order:
+        sub = rows[rows["method"] == method] if len(rows) else rows
+        if sub.empty:
+            continue
+        means = sub.groupby("split")["value"].mean()
+        lines.append("| " + " | ".join([method, *(f"{means[s.id]:.4f}" if s.id in means
+                                                  else "-" for s in splits)]) + " |")
+    return lines

@@ -48,6 +48,7 @@ from bench.protocol import (
 from bench.results import (
     collect_rows,
     read_json,
+    sequence_table,
     summary_table,
     write_json,
     write_table,
@@ -56,6 +57,7 @@ from bench.results import (
 from bench.search import MethodFailed, TrialFailed, open_storage, run_search
 from bench.splits import ClassSplit
 from bench.splits.kfold import kfold_splits, split_hash
+from bench.splits.named import NamedSplit, from_document, split_file_path, standard
 from bench.train import DivergedError
 
 
@@ -94,6 +96,24 @@ def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
                              source=source, field=field_name) from None
 
 
+def _check_sequence_spec(protocol: Protocol, source: str) -> None:
+    """Sequence options and the extractor must be valid before any work (files: at run time)."""
+    split = protocol.split
+    if split.kind != "fid_sequence":
+        return
+    from bench.extractors import EXTRACTORS
+    from bench.splits.fid_sequence import SequenceParams
+
+    if split.file is None and split.extractor not in EXTRACTORS:
+        raise BenchError(f"unknown extractor {split.extractor!r} (known: "
+                         f"{', '.join(EXTRACTORS)})", source=source, field="split.extractor")
+    try:
+        SequenceParams.from_options(split.sequence, source=source)
+    except BenchError as error:
+        raise BenchError(error.reason, source=source,
+                         field=f"split.sequence ({error.field})") from None
+
+
 def plan_protocol(path: str | Path) -> Plan:
     """Validate the protocol, its methods, datasets and backbone; raise BenchError otherwise."""
     protocol, digest = load_protocol(path)
@@ -116,6 +136,7 @@ def plan_protocol(path: str | Path) -> Plan:
     if protocol.model.backbone not in BACKBONES:
         raise BenchError(f"unknown backbone {protocol.model.backbone!r} (known: "
                          f"{', '.join(BACKBONES)})", source=source, field="model.backbone")
+    _check_sequence_spec(protocol, source)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
     text = Path(path).read_text(encoding="utf-8")
@@ -137,6 +158,29 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def _sequence_length(plan: Plan, dataset: str) -> tuple[int, str]:
+    """(splits to run, a note) for the dry run; reads a given split file, builds nothing."""
+    spec = plan.protocol.split
+    if spec.kind == "standard":
+        return 1, ""
+    if spec.file is None:
+        keep = spec.select or "all"
+        return spec.select or 1, (f"FID sequence generated at run time with {spec.extractor} "
+                                  f"({keep} splits kept; counts below assume {spec.select or 1})")
+    from bench.splits.fid_sequence import read_split_file
+    from bench.splits.named import evenly_spaced
+
+    path = split_file_path(spec.file, dataset, Path(plan.source).parent)
+    if not path.is_file():
+        return 1, (f"split file {path} is missing: import the published splits with `bench "
+                   f"splits import PICKLE --dataset {dataset} --out {path}` (counts below "
+                   f"assume 1 split)")
+    entries = read_split_file(path)["splits"]
+    default = next(i for i, e in enumerate(entries) if e["is_default"])
+    count = len(evenly_spaced(len(entries), spec.select, default))
+    return count, f"FID sequence from {path}: {count} of {len(entries)} splits"
+
+
 def describe_plan(plan: Plan) -> str:
     """The dry-run text: methods × folds × trials × seeds and the training runs it implies."""
     p = plan.protocol
@@ -149,18 +193,23 @@ def describe_plan(plan: Plan) -> str:
              f"backbone {p.model.backbone} (pretrained {p.model.pretrained}, trunk "
              f"{p.model.trunk}), {p.model.embedding_size}-d; up to {p.train.iterations} "
              f"iterations per run, batch {p.train.batch_size}", "",
-             "| dataset | method | searched | search runs | test runs | max iterations |",
-             "|---|---|---|---|---|---|"]
+             "| dataset | splits | method | searched | search runs | test runs | max iterations |",
+             "|---|---|---|---|---|---|---|"]
     total_runs = 0
+    notes = []
     for dspec in p.dataset_specs:
+        n_splits, note = _sequence_length(plan, dspec.name)
+        if note:
+            notes.append(f"{dspec.name}: {note}")
         for m in p.methods:
             searched = ", ".join(m.search) or "-"
             search_runs = (trials if m.search else 0) * p.folds
-            test_runs = p.reproductions * p.folds
+            test_runs = p.reproductions * p.folds * n_splits
             runs = search_runs + test_runs
             total_runs += runs
-            lines.append(f"| {dspec.name} | {m.name} | {searched} | {search_runs} | {test_runs} "
-                         f"| {runs * p.train.iterations:,} |")
+            lines.append(f"| {dspec.name} | {n_splits} | {m.name} | {searched} | {search_runs} "
+                         f"| {test_runs} | {runs * p.train.iterations:,} |")
+    lines[3:3] = notes
     lines += ["", f"total: {total_runs} training runs, at most "
               f"{total_runs * p.train.iterations:,} iterations of batch {p.train.batch_size}"]
     return "\n".join(lines)
@@ -168,11 +217,17 @@ def describe_plan(plan: Plan) -> str:
 
 @dataclass
 class DatasetContext:
+    """A loaded dataset, its inputs, the splits to run on and the default split's folds."""
+
     spec: DatasetSpec
     ds: ImageDataset
     inputs: Inputs
-    folds: list[ClassSplit]
-    split_sha256: str
+    splits: list[NamedSplit]
+    folds: list[ClassSplit]  # of the default split: where hyperparameters are searched
+
+    @property
+    def default(self) -> NamedSplit:
+        return next(s for s in self.splits if s.is_default)
 
 
 @dataclass
@@ -201,6 +256,7 @@ class ProtocolRun:
         self.dir = options.results_root / self.p.name
         self.device = pick_device(self.p.device)
         self.states: dict[tuple[str, str], MethodState] = {}
+        self.splits: dict[str, list[NamedSplit]] = {}
         self.started = time.perf_counter()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -227,12 +283,45 @@ class ProtocolRun:
 
     def load(self, dspec: DatasetSpec) -> DatasetContext:
         ds = load_dataset(dspec.name, **dspec.options)
-        classes = np.unique(ds.labels)
-        half = len(classes) // 2
-        folds = kfold_splits(classes[:half], classes[half:], self.p.folds,
-                             self.p.validation_fraction())
+        splits = self.resolve_splits(dspec, ds)
+        default = next(s for s in splits if s.is_default)
         inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
-        return DatasetContext(dspec, ds, inputs, folds, split_hash(folds))
+        return DatasetContext(dspec, ds, inputs, splits, self.make_folds(default))
+
+    def make_folds(self, split: NamedSplit) -> list[ClassSplit]:
+        return kfold_splits(split.train, split.test, self.p.folds, self.p.validation_fraction())
+
+    def resolve_splits(self, dspec: DatasetSpec, ds: ImageDataset) -> list[NamedSplit]:
+        """The standard split, or the FID sequence from its file (made here if none is given)."""
+        spec = self.p.split
+        if spec.kind == "standard":
+            return standard(ds)
+        from bench.splits.fid_sequence import (
+            SequenceParams,
+            make_dataset_splits,
+            read_split_file,
+            write_split_file,
+        )
+
+        if spec.file is not None:
+            path = split_file_path(spec.file, dspec.name, Path(self.plan.source).parent)
+            if not path.is_file():
+                raise BenchError(f"split file {path} does not exist (make one with `bench splits "
+                                 f"make` or `bench splits import`)", source=self.plan.source,
+                                 field="split.file")
+            document = read_split_file(path)
+        else:
+            path = self.dir / "splits" / f"{dspec.name}-{spec.extractor}.json"
+            if path.is_file():
+                document = read_split_file(path)
+            else:
+                params = SequenceParams.from_options(spec.sequence, source=self.plan.source)
+                document = make_dataset_splits(dspec.name, spec.extractor,
+                                               dataset_options=dspec.options, params=params,
+                                               device=self.device,
+                                               progress=self.options.progress)
+                write_split_file(document, path)
+        return from_document(document, ds, source=str(path), select=spec.select)
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -241,6 +330,7 @@ class ProtocolRun:
                                grace=self.options.grace)
         for dspec in self.p.dataset_specs:
             ctx = self.load(dspec)
+            self.splits[dspec.name] = ctx.splits
             for spec in self.p.methods:
                 state = self.states.setdefault((dspec.name, spec.name), MethodState())
                 try:
@@ -250,20 +340,34 @@ class ProtocolRun:
                     state.failure = str(error)
                     tqdm.write(f"bench: {self.p.name}: {dspec.name}/{spec.name} failed: {error}")
                 self.write_outputs()
+        if self.p.split.kind == "fid_sequence":
+            self.write_ood_figures()
         return self.dir / "summary.md"
 
+    def write_ood_figures(self) -> None:
+        """ood_curve.png / .svg: metric vs FID per method with bands, and deviations panel."""
+        from bench.analysis.load import read_results
+        from bench.analysis.ood import ood_figure
+
+        frame = read_results(self.dir / "results.csv")
+        for dspec in self.p.dataset_specs:
+            figure = ood_figure(frame, dataset=dspec.name, metric=self.p.evaluation.primary)
+            suffix = "" if len(self.p.dataset_specs) == 1 else f"_{dspec.name}"
+            for extension in ("png", "svg"):
+                figure.savefig(self.dir / f"ood_curve{suffix}.{extension}", dpi=120)
+
     def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
-        return f"{self.p.name}:{ctx.spec.name}:{spec.name}:standard"
+        return f"{self.p.name}:{ctx.spec.name}:{spec.name}:{ctx.default.id}"
 
     def train_folds(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any], *,
-                    seed: int, label: str):
+                    seed: int, label: str, folds: list[ClassSplit] | None = None):
         params, train_spec = apply_search_values(spec.params, self.p.train, values)
         parsed = validate_method(spec.method, params, source=self.plan.source, field=spec.name)
         return [fit_fold(self.p, ctx.ds, ctx.inputs, fold, method=spec.method,
                          parsed_params=parsed, train_spec=train_spec, seed=seed,
                          device=self.device, progress=self.options.progress,
                          description=f"{spec.name} {label} {fold.name}")
-                for fold in ctx.folds]
+                for fold in (folds or ctx.folds)]
 
     def search(self, ctx: DatasetContext, spec: MethodSpec, storage) -> dict[str, Any]:
         """Best searched values (empty when the method searches nothing or the budget is 0)."""
@@ -294,33 +398,41 @@ class ProtocolRun:
         bar.close()
         return outcome.best_params
 
-    def run_file(self, ctx: DatasetContext, spec: MethodSpec, seed: int) -> Path:
-        return self.dir / "runs" / ctx.spec.name / spec.name / f"seed{seed}.json"
+    def run_file(self, ctx: DatasetContext, spec: MethodSpec, split: NamedSplit,
+                 seed: int) -> Path:
+        return self.dir / "runs" / ctx.spec.name / spec.name / split.id / f"seed{seed}.json"
 
     def reproduce(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any]) -> None:
-        """Retrain the chosen values once per reproduction seed; evaluate on the test classes."""
-        for seed in self.p.seeds:
-            path = self.run_file(ctx, spec, seed)
-            done = read_json(path)
-            if done is not None and done.get("params") == values:
-                continue
-            try:
-                results = self.train_folds(ctx, spec, values, seed=seed, label=f"seed {seed}")
-            except (DivergedError, RuntimeError) as error:
-                raise MethodFailed(f"seed {seed}: {type(error).__name__}: {error}") from error
-            metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.folds[0],
-                                    [r.model for r in results], seed=seed, device=self.device)
-            provenance = self.provenance(ctx, seed, values, results)
-            rows = [{"protocol": self.p.name, "dataset": ctx.spec.name, "split": "standard",
-                     "method": spec.name, "seed": seed, "model": model, "metric": metric,
-                     "value": float(value), **provenance}
-                    for model, values_ in metrics.items()
-                    for metric, value in values_.items() if metric in METRICS]
-            history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
-            write_json(path, {"params": values, "rows": rows, "history": history})
+        """Retrain the chosen values once per split and reproduction seed; evaluate on test."""
+        for split in ctx.splits:
+            folds = ctx.folds if split.is_default else self.make_folds(split)
+            for seed in self.p.seeds:
+                path = self.run_file(ctx, spec, split, seed)
+                done = read_json(path)
+                if done is not None and done.get("params") == values:
+                    continue
+                label = f"seed {seed}" + ("" if split.id == "standard" else f" {split.id}")
+                try:
+                    results = self.train_folds(ctx, spec, values, seed=seed, label=label,
+                                               folds=folds)
+                except (DivergedError, RuntimeError) as error:
+                    raise MethodFailed(f"{split.id} seed {seed}: {type(error).__name__}: "
+                                       f"{error}") from error
+                metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, folds[0],
+                                        [r.model for r in results], seed=seed,
+                                        device=self.device)
+                provenance = self.provenance(ctx, seed, values, results, folds)
+                rows = [{"protocol": self.p.name, "dataset": ctx.spec.name, "split": split.id,
+                         "method": spec.name, "seed": seed, "model": model, "metric": metric,
+                         "value": float(value), "fid": split.fid,
+                         "is_default_split": split.is_default, **provenance}
+                        for model, values_ in metrics.items()
+                        for metric, value in values_.items() if metric in METRICS]
+                history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+                write_json(path, {"params": values, "rows": rows, "history": history})
 
     def provenance(self, ctx: DatasetContext, seed: int, values: dict[str, Any],
-                   results) -> dict[str, Any]:
+                   results, folds: list[ClassSplit]) -> dict[str, Any]:
         import pytorch_metric_learning
 
         return {
@@ -331,7 +443,7 @@ class ProtocolRun:
             "k": self.p.evaluation.k,
             "folds": self.p.folds,
             "protocol_sha256": self.plan.protocol_hash[:16],
-            "split_sha256": ctx.split_sha256,
+            "split_sha256": split_hash(folds),
             "search_seed": self.p.budget.seed,
             "backbone": self.p.model.backbone,
             "weights": ctx.inputs.weights,
@@ -370,17 +482,26 @@ class ProtocolRun:
             failures = {m: s.failure for (d, m), s in self.states.items()
                         if d == dspec.name and s.failure}
             params = {m: s.params for (d, m), s in self.states.items() if d == dspec.name}
+            splits = self.splits.get(dspec.name, [])
+            default = next((x.id for x in splits if x.is_default), "standard")
             sub = frame[frame["dataset"] == dspec.name] if len(frame) else frame
+            at_default = sub[sub["split"] == default] if len(sub) else sub
             order = [m.name for m in p.methods]
-            lines += [f"## {dspec.name}: {headline}"
+            where = "" if default == "standard" else f", default split {default}"
+            lines += [f"## {dspec.name}{where}: {headline}"
                       + (" (fold models' embeddings concatenated)" if p.folds > 1 else ""), ""]
-            lines += summary_table(sub, model=headline, metrics=metrics, method_order=order,
-                                   failures=failures, params=params)
+            lines += summary_table(at_default, model=headline, metrics=metrics,
+                                   method_order=order, failures=failures, params=params)
             if p.folds > 1:
-                lines += ["", f"## {dspec.name}: separate (mean of the {p.folds} fold models)",
-                          ""]
-                lines += summary_table(sub, model="separate", metrics=metrics,
+                lines += ["", f"## {dspec.name}{where}: separate (mean of the {p.folds} fold "
+                          "models)", ""]
+                lines += summary_table(at_default, model="separate", metrics=metrics,
                                        method_order=order, failures=failures, params=params)
+            if len(splits) > 1:
+                lines += ["", f"## {dspec.name}: {p.evaluation.primary} ({headline}) along the "
+                          "FID sequence (mean over reproductions; * = default split)", ""]
+                lines += sequence_table(sub, splits, model=headline,
+                                        metric=p.evaluation.primary, method_order=order)
             if failures:
                 lines += ["", "Failed methods:", ""]
                 lines += [f"- {m}: {reason}" for m, reason in failures.items()]

@@ -45,8 +45,11 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(20):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=heartbeat, grace_period=grace)
+            with warnings.catch_warnings():  # heartbeats: "experimental", stable since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat,
+                                                  grace_period=grace)
         except (OperationalError, IntegrityError):
             # Two processes creating the same new SQLite schema at once: one wins, retry.
             if attempt == 19:

@@ -226,3 +226,25 @@ def plot_rank_changes(table: pd.DataFrame, *, dataset: str | None = None, ax=Non
     ax.set_title(f"{dataset}: ranking agreement with the default split (labels: best method)")
     ax.grid(alpha=0.3)
     return figure
+
+
+def ood_figure(frame: pd.DataFrame, *, dataset: str, metric: str = PRIMARY,
+               model: str | None = None):
+    """Two panels for one dataset: metric vs FID per method (95 % bands, default split marked,
+    area under the curve in the legend) and each method's deviation from the across-method
+    mean with its linear fit. Written by `bench run` as ood_curve.png / .svg."""
+    rows = frame[frame["dataset"] == dataset]
+    table = curves(rows, metric=metric, model=model)
+    auc = area_under_curve(rows, metric=metric, model=model).set_index("method")["auc"]
+    points, fits = deviations(rows, metric=metric, model=model)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 4.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    plot_curves(table, dataset=dataset, metric=metric, ax=left)
+    for text in left.get_legend().get_texts():
+        name = text.get_text()
+        if name in auc.index and not math.isnan(auc[name]):
+            text.set_text(f"{name} (AUC {auc[name]:.3f})")
+    plot_deviations(points, fits, dataset=dataset, ax=right)
+    return figure
