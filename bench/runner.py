@@ -261,7 +261,7 @@ class ProtocolRun:
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare_directory(self) -> None:
-        """Refuse to mix results of a changed protocol; --fresh starts over."""
+        """Refuse to mix results of a changed protocol; --fresh starts over. Writes nothing."""
         copy = self.dir / "protocol.yaml"
         if self.options.fresh and self.dir.exists():
             shutil.rmtree(self.dir)
@@ -275,7 +275,11 @@ class ProtocolRun:
                 raise BenchError(f"changed since the results in {self.dir} were started (diff "
                                  f"above); rerun with --fresh to discard them",
                                  source=self.plan.source)
-        else:
+
+    def record_protocol(self) -> None:
+        """Keep the protocol as first run beside its results (after inputs proved loadable)."""
+        copy = self.dir / "protocol.yaml"
+        if not copy.is_file():
             write_text_atomically(copy, self.plan.protocol_text)
 
     def storage_url(self) -> str:
@@ -326,10 +330,13 @@ class ProtocolRun:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> Path:
         self.prepare_directory()
-        storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
-                               grace=self.options.grace)
+        storage = None
         for dspec in self.p.dataset_specs:
             ctx = self.load(dspec)
+            self.record_protocol()
+            if storage is None:
+                storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                       grace=self.options.grace)
             self.splits[dspec.name] = ctx.splits
             for spec in self.p.methods:
                 state = self.states.setdefault((dspec.name, spec.name), MethodState())

@@ -35,7 +35,7 @@ def test_tiny_protocol_twice_gives_identical_rows(write_protocol, tmp_path: Path
     table = [line for line in summary.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table[1:]] == ["contrastive", "proxy_anchor"]
     record = json.loads((tmp_path / "a" / "tiny" / "runs" / "glyphs" / "contrastive" /
-                         "seed0.json").read_text(encoding="utf-8"))
+                         "standard" / "seed0.json").read_text(encoding="utf-8"))
     assert {"fold", "iteration", "loss", "score"} <= set(record["history"][0])
     assert "results.csv" in capsys.readouterr().out
 

@@ -69,6 +69,7 @@ def test_split_file_with_unknown_classes_is_refused(write_protocol, tmp_path: Pa
     assert main(["run", str(protocol), "--results", str(results), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "s.json" in err and "not in dataset" in err and "\n" not in err
+    assert not (results / "tiny").exists()
 
 
 def test_published_oodml_protocol_dry_runs_without_data(capsys) -> None:

@@ -52,8 +52,9 @@ def test_dry_run_plans_14_losses_x_3_datasets(capsys) -> None:
             if re.match(r"\| (cub200|cars196|sop) \|", line)]
     assert len(rows) == 42
     assert {r[0].strip() for r in rows} == DATASETS
-    assert len({r[1].strip() for r in rows}) == 14
-    assert all(int(r[3]) == 50 * 4 and int(r[4]) == 10 * 4 for r in rows)
+    assert {r[1].strip() for r in rows} == {"1"}  # one (standard) split per dataset
+    assert len({r[2].strip() for r in rows}) == 14
+    assert all(int(r[4]) == 50 * 4 and int(r[5]) == 10 * 4 for r in rows)
     assert "total: 10080 training runs" in out
 
 
