@@ -6,6 +6,7 @@ stopping for every method: a method only supplies the loss (and may own paramete
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -108,16 +109,17 @@ def train(
     running = 0.0
     bar = tqdm(total=spec.iterations, desc=description, disable=not progress, leave=False,
                dynamic_ncols=True)
+    model.train()
     for step, index in enumerate(batches, start=1):
-        model.train()
         batch = inputs[index]
         if augment is not None:
             batch = augment(batch, generator)
         embeddings = model(batch.to(device, non_blocking=True))
         loss = method.loss(embeddings, label_tensor[index].to(device))
-        if not torch.isfinite(loss):
+        value = loss.item()  # one host sync per step: the divergence check and the running mean
+        if not math.isfinite(value):
             bar.close()
-            raise DivergedError(f"loss became {loss.item()} at iteration {step}")
+            raise DivergedError(f"loss became {value} at iteration {step}")
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,12 +127,13 @@ def train(
             o.step()
         for s in schedulers:
             s.step()
-        running += loss.item()
+        running += value
         bar.update()
         best.iterations_run = step
         if step % spec.validate_every and step != spec.iterations:
             continue
         score = validate(model)
+        model.train()
         mean_loss = running / (step - best.history[-1]["iteration"])
         running = 0.0
         best.history.append({"iteration": step, "loss": mean_loss, "score": score})

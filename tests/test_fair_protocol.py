@@ -165,3 +165,21 @@ def test_sigkill_mid_trial_then_rerun_equals_uninterrupted(write_protocol,
         states = trial_states(results, f"tiny:glyphs:{name}:standard")
         assert states["COMPLETE"] == 2
     assert trial_states(results, "tiny:glyphs:contrastive:standard").get("FAIL") == 1
+
+
+def test_two_runner_processes_share_one_storage(write_protocol, tmp_path: Path) -> None:
+    protocol = write_protocol({**FAIR, "budget": {"trials": 3, "sampler": "tpe", "seed": 0,
+                                                  "max_failures": 2}})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "bench", "run", str(protocol), "--results", str(tmp_path),
+               "--no-progress"]
+    runners = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(2)]
+    for runner in runners:
+        assert runner.wait(timeout=600) == 0
+    for name in ("contrastive", "proxy_anchor"):
+        states = trial_states(tmp_path, f"tiny:glyphs:{name}:standard")
+        assert states["COMPLETE"] == 3, states
+        assert set(states) <= {"COMPLETE", "PRUNED"}, states  # pruned = never trained
+    frame = pd.read_csv(tmp_path / "tiny" / "results.csv")
+    assert len(frame) == len(frame.drop_duplicates(["method", "seed", "model", "metric"]))
