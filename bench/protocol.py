@@ -12,10 +12,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import BenchError
+from bench.yaml_file import read_yaml
 
 METRICS = (
     "precision_at_1", "r_precision", "mean_average_precision_at_r",
@@ -281,16 +281,5 @@ def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:
     """Read and validate a protocol file; returns the protocol and the sha256 of its bytes."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise BenchError(f"cannot read protocol ({error.strerror})", source=str(path)) from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise BenchError(f"not valid YAML ({getattr(error, 'problem', error)})",
-                         source=str(path), field=where) from None
+    data, raw = read_yaml(path, what="protocol")
     return parse_protocol(data, source=str(path)), hashlib.sha256(raw).hexdigest()

@@ -35,7 +35,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scipy import stats
 
@@ -44,6 +43,7 @@ from bench.analysis.ood import ranking_tau
 from bench.analysis.stats import paired_test, t_interval
 from bench.errors import BenchError
 from bench.protocol import METRICS
+from bench.yaml_file import read_yaml
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 BOOTSTRAP = 2000
@@ -182,17 +182,7 @@ def load_claims(path: str | Path) -> ClaimsFile:
     """Parse and validate one claims file; errors name the file and the field."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise BenchError(f"cannot read: {error.strerror or error}", source=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise BenchError(f"not valid YAML: {where}{getattr(error, 'problem', error)}",
-                         source=source) from None
+    data, _ = read_yaml(path, what="claims file")
     if not isinstance(data, dict):
         raise BenchError("expected a mapping with a `claims` list", source=source)
     try:
