@@ -130,7 +130,10 @@ def test_nan_trials_are_recorded_and_budget_met(write_protocol, tmp_path: Path,
 
 def test_sigkill_mid_trial_then_rerun_equals_uninterrupted(write_protocol,
                                                            tmp_path: Path) -> None:
-    protocol = write_protocol(FAIR)
+    # Trials long enough (two folds x 300 iterations) that the kill lands inside one.
+    protocol = write_protocol({**FAIR, "train": {"iterations": 300, "batch_size": 32,
+                                                 "m_per_class": 4, "validate_every": 100,
+                                                 "patience": 3}})
     reference = tmp_path / "reference"
     assert run(protocol, reference, "--grace", "3") == 0
     results = tmp_path / "killed"
@@ -154,9 +157,11 @@ def test_sigkill_mid_trial_then_rerun_equals_uninterrupted(write_protocol,
             if running:
                 break
         time.sleep(0.05)
-    time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    with sqlite3.connect(db) as con:
+        left_running = con.execute("select count(*) from trials where state='RUNNING'").fetchone()
+    assert left_running[0] == 1, "the kill must land inside a trial"
     assert run(protocol, results, "--grace", "3") == 0
     first = pd.read_csv(reference / "tiny" / "results.csv")
     second = pd.read_csv(results / "tiny" / "results.csv")
