@@ -43,6 +43,7 @@ from bench.protocol import (
     DatasetSpec,
     MethodSpec,
     Protocol,
+    TrainSpec,
     load_protocol,
 )
 from bench.results import (
@@ -74,9 +75,6 @@ class Plan:
 
 def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
     """Every searched key must be a parameter the method accepts: try the mid-point."""
-    from bench.experiment import apply_search_values as apply
-    from bench.protocol import TrainSpec
-
     for key, dim in spec.search.items():
         field_name = f"methods.{index}.search.{key}"
         if key in RESERVED_SEARCH_KEYS:
@@ -88,7 +86,7 @@ def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
         else:
             probe = math.sqrt(dim.low * dim.high) if dim.type == "log_float" else (
                 (dim.low + dim.high) / 2)
-        params, _ = apply(spec.params, TrainSpec(), {key: probe})
+        params, _ = apply_search_values(spec.params, TrainSpec(), {key: probe})
         try:
             validate_method(spec.method, params, source=source, field=f"methods.{index}")
         except BenchError as error:
