@@ -28,21 +28,3 @@ class ClassSplit:
         for role, classes in sets.items():
             if not classes:
                 raise BenchError(f"no {role} classes", field=f"split {self.name}")
-
-
-def standard_split(present_classes: np.ndarray, validation_fraction: float) -> ClassSplit:
-    """First half of the (sorted) classes train+validation, second half test.
-
-    Validation is the last contiguous block of ``validation_fraction`` of the train classes, the
-    Reality Check's fold layout with a single fold.
-    """
-    classes = np.unique(present_classes)
-    half = len(classes) // 2
-    trainval, test = classes[:half], classes[half:]
-    n_val = max(1, round(len(trainval) * validation_fraction))
-    split = ClassSplit("standard", trainval[:-n_val], trainval[-n_val:], test)
-    if len(split.train) < 2:
-        raise BenchError(f"only {len(classes)} classes: too few for train/validation/test",
-                         field="split")
-    split.check()
-    return split

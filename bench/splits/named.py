@@ -24,9 +24,12 @@ class NamedSplit:
 
 
 def standard(ds: ImageDataset) -> list[NamedSplit]:
-    classes = np.unique(ds.labels)
-    half = len(classes) // 2
-    return [NamedSplit("standard", classes[:half], classes[half:])]
+    """The dataset's own split: its roles where it has them (SOP, In-Shop, re-ID sets), else
+    the first half of the sorted classes train and the second half test."""
+    from bench.splits.fid_sequence import default_class_split
+
+    train, test = default_class_split(ds)
+    return [NamedSplit("standard", train, test)]
 
 
 def split_file_path(template: str, dataset: str, base: Path) -> Path:
