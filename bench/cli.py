@@ -27,6 +27,10 @@ examples:
   bench splits make --dataset glyphs --extractor mobilenet_v2   FID-ranked split sequence
   bench audit protocols/claims/reality_check.yaml --results results/quick
   bench report results/quick              one self-contained HTML page (+ Markdown)
+  bench worker protocols/quick.yaml --storage URL   join the work from another process/machine
+  bench launch protocols/quick.yaml --slurm --workers 8 --storage URL   workers via submitit
+  bench status protocols/quick.yaml       per-method progress read from the storage
+  bench rebuild protocols/quick.yaml      results/<protocol>/ rebuilt from the storage alone
 
 exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input.
 """
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_datasets_verify)
     __import__("bench.splits.cli", fromlist=["cli"]).add_splits_parser(sub)  # bench splits ...
     __import__("bench.analysis.cli", fromlist=["cli"]).add_analysis_parsers(sub)  # audit, report
+    __import__("bench.workers", fromlist=["workers"]).add_worker_parsers(sub)  # worker, launch..
     return parser
 
 

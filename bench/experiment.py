@@ -1,7 +1,8 @@
 """One training configuration on one fold: the unit that searches and reproductions repeat.
 
-Everything here is the same for every method; the method contributes only its loss (and
-parameters it owns), built from its protocol entry plus the searched values.
+Everything here is the same for every method; the method contributes its loss and hooks (see
+bench.methods.base), built from its protocol entry plus the searched values, and receives the
+data its setting offers and it declares.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import torch
 from torch import nn
 
 from bench.augment import make_augment
+from bench.data.merge import junk_classes
 from bench.data.records import ImageDataset
-from bench.evaluate import evaluate_retrieval
+from bench.evaluate import evaluate_reid, evaluate_retrieval
 from bench.features import trunk_features
 from bench.methods import method_class
+from bench.methods.base import Method, ScoreFn
 from bench.models import EmbeddingHead, EmbeddingModel, FrozenBatchNorm, build_trunk, set_trunk_mode
 from bench.models.backbones import Normalize
 from bench.protocol import Protocol, TrainSpec
 from bench.seeding import seed_everything
+from bench.settings import Layout, evaluation_rows, fold_rows
 from bench.splits import ClassSplit
 from bench.train import embed, train
 
@@ -123,53 +127,118 @@ class FoldResult:
     best_iteration: int
     iterations_run: int
     history: list[dict[str, float]]
-    model: EmbeddingModel
+    model: nn.Module  # the (method-wrapped) network with its best state loaded
+    method: Method
+    data_used: frozenset[str]
 
 
-def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, split: ClassSplit, *,
-             method: str, parsed_params: Any, train_spec: TrainSpec, seed: int,
-             device: torch.device, progress: bool, description: str) -> FoldResult:
-    """Train on ``split.train`` with early stopping on ``split.validation``; best state loaded."""
-    seed_everything(seed)
-    train_mask = np.isin(ds.labels, split.train)
-    val_mask = np.isin(ds.labels, split.validation)
-    train_labels = np.searchsorted(split.train, ds.labels[train_mask])
-    model = build_model(protocol, inputs)
-    loss = method_class(method)(parsed_params, num_classes=len(split.train),
-                                embedding_size=protocol.model.embedding_size)
-    val_inputs, val_labels = inputs.tensor[val_mask], ds.labels[val_mask]
+def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
+               query: np.ndarray, gallery: np.ndarray | None, *, nmi: bool, seed: int,
+               batch_size: int, device: torch.device) -> dict[str, float]:
+    """Metrics of one model: retrieval with query = reference (``gallery`` None), else re-ID
+    query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one."""
+    score_fn = method.score_fn(model, device)
+    q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device)
+    if gallery is None:
+        return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn)
+    g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device)
+    return evaluate_reid(q, ds.labels[query], ds.cameras[query], g, reid_ids(ds, gallery),
+                         ds.cameras[gallery], score_fn=score_fn)
+
+
+def reid_ids(ds: ImageDataset, rows: np.ndarray) -> np.ndarray:
+    """Identities for the re-ID evaluator: class indices, junk classes as -1 (ignored)."""
+    labels = ds.labels[rows]
+    return np.where(np.isin(labels, junk_classes(ds)), -1, labels)
+
+
+def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
+             split: ClassSplit, *, method: str, parsed_params: Any, train_spec: TrainSpec,
+             seed: int, device: torch.device, progress: bool, description: str) -> FoldResult:
+    """Train on ``split.train`` (plus whatever else the setting gives this method) with early
+    stopping on ``split.validation``; the best state is loaded."""
+    seed_everything(seed)  # fixes model initialisation; the loop seeds its own generators
+    cls = method_class(method)
+    consumed = cls.consumed(layout.kinds)
+    rows = fold_rows(layout, ds, inputs.tensor, split, consumed)
+    plugin = cls(parsed_params, num_classes=rows.data.num_classes,
+                 embedding_size=protocol.model.embedding_size)
+    model = plugin.wrap_model(build_model(protocol, inputs), backbone=protocol.model.backbone)
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:
-        emb = embed(m, val_inputs, batch_size=train_spec.eval_batch_size, device=device)
-        return evaluate_retrieval(emb, val_labels, nmi=primary == "nmi", seed=seed)[primary]
+        return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
+                          nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
+                          device=device)[primary]
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
-    result = train(model, loss, inputs.tensor[train_mask], train_labels, train_spec,
-                   validate=validate, seed=seed, device=device, augment=augment,
-                   progress=progress, description=description)
+    result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
+                   device=device, augment=augment, progress=progress, description=description)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model)
+                      result.history, model, plugin, consumed)
 
 
-def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, split: ClassSplit,
-                 models: list[EmbeddingModel], *, seed: int,
-                 device: torch.device) -> dict[str, dict[str, float]]:
+def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:
+    """Score on concatenated fold embeddings: the sum of each fold's own score on its columns
+    (for Euclidean folds that is the squared distance of the concatenation, up to sign)."""
+    if all(f is None for f in score_fns):
+        return None
+    bounds = np.cumsum([0, *widths])
+    cache: dict[str, Any] = {"ref": None, "parts": None}
+
+    def score(block: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        if cache["ref"] is not reference:  # slice the reference once per gallery
+            cache["ref"] = reference
+            cache["parts"] = [np.ascontiguousarray(reference[:, a:b])
+                              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        total = np.zeros((len(block), len(reference)), dtype=np.float64)
+        for fn, a, b, ref in zip(score_fns, bounds[:-1], bounds[1:], cache["parts"],
+                                 strict=True):
+            q = np.ascontiguousarray(block[:, a:b])
+            if fn is None:
+                total -= ((q ** 2).sum(1)[:, None] + (ref ** 2).sum(1)[None, :]
+                          - 2.0 * q @ ref.T)
+            else:
+                total += np.asarray(fn(q, ref), dtype=np.float64)
+        return total
+
+    return score
+
+
+def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
+                  test_classes: np.ndarray, results: list[FoldResult], *, seed: int,
+                  device: torch.device) -> dict[str, dict[str, float]]:
     """Test metrics per fold model, their mean ("separate") and, with several folds, of the
-    fold models' L2-normalised embeddings concatenated ("concatenated"), as the Reality Check."""
-    mask = np.isin(ds.labels, split.test)
-    labels = ds.labels[mask]
+    fold models' L2-normalised embeddings concatenated ("concatenated"), as the Reality Check.
+    ``dml``: query = reference = test classes; ``uda``/``dg``: target query -> gallery."""
+    query, gallery = evaluation_rows(layout, ds, test_classes)
     batch = protocol.train.eval_batch_size
-    nmi = protocol.evaluation.nmi
-    embeddings = [embed(m, inputs.tensor[mask], batch_size=batch, device=device) for m in models]
-    out = {f"fold{i}": evaluate_retrieval(e, labels, nmi=nmi, seed=seed)
-           for i, e in enumerate(embeddings)}
+    nmi = protocol.evaluation.nmi and gallery is None
+
+    def embeddings(mask: np.ndarray) -> list[np.ndarray]:
+        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device)
+               for r in results]
+        return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in out]
+
+    out = {f"fold{i}": score_rows(r.model, r.method, ds, inputs, query, gallery, nmi=nmi,
+                                  seed=seed, batch_size=batch, device=device)
+           for i, r in enumerate(results)}
     keys = out["fold0"].keys()
-    out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(models))]))
+    out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(results))]))
                        for k in keys}
-    if len(models) > 1:
-        normalised = [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in embeddings]
-        out["concatenated"] = evaluate_retrieval(np.concatenate(normalised, axis=1), labels,
-                                                 nmi=nmi, seed=seed)
+    if len(results) > 1:
+        q = embeddings(query)
+        score_fn = concatenated_score_fn([r.method.score_fn(r.model, device) for r in results],
+                                         [e.shape[1] for e in q])
+        if gallery is None:
+            out["concatenated"] = evaluate_retrieval(
+                np.concatenate(q, axis=1), ds.labels[query], nmi=nmi, seed=seed,
+                score_fn=score_fn)
+        else:
+            g = embeddings(gallery)
+            out["concatenated"] = evaluate_reid(
+                np.concatenate(q, axis=1), ds.labels[query], ds.cameras[query],
+                np.concatenate(g, axis=1), reid_ids(ds, gallery), ds.cameras[gallery],
+                score_fn=score_fn)
     return out

@@ -17,10 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.errors import BenchError
 from bench.yaml_file import read_yaml
 
-METRICS = (
+DML_METRICS = (
     "precision_at_1", "r_precision", "mean_average_precision_at_r",
     "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi",
 )
+#: query -> gallery across cameras (Market-1501 rules): what `uda` and `dg` report
+REID_METRICS = ("cmc_1", "cmc_5", "cmc_10", "mAP")
+METRICS = DML_METRICS + REID_METRICS
 
 
 class Section(BaseModel):
@@ -123,8 +126,16 @@ class TrainSpec(Section):
     )
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    #: iterations per epoch (for methods with per-epoch work: clustering, momentum ramps);
+    #: None = one pass over the target training images, or the labeled ones without a target
+    epoch_iterations: int | None = Field(None, ge=1)
     validate_every: int = Field(50, ge=1)
     patience: int = Field(4, ge=1)
+    #: ``best``: keep the state with the best validation score (early stopping after
+    #: ``patience``). ``last``: train all iterations and keep the final state, for settings
+    #: whose validation data cannot judge the target (in ``uda`` validation sees only held-out
+    #: source identities; target labels are never used for selection).
+    checkpoint: Literal["best", "last"] = "best"
     eval_batch_size: int = Field(512, ge=1)
 
     @model_validator(mode="after")
@@ -137,7 +148,8 @@ class TrainSpec(Section):
 
 
 class EvaluationSpec(Section):
-    primary: Literal[METRICS] = "mean_average_precision_at_r"  # type: ignore[valid-type]
+    #: validation / headline metric; default MAP@R in `dml`, mAP in `uda` and `dg`
+    primary: Literal[METRICS] | None = None  # type: ignore[valid-type]
     k: Literal["max_bin_count"] = "max_bin_count"
     nmi: bool = True
 
@@ -174,6 +186,34 @@ class MethodSpec(Section):
     search: dict[str, SearchDimension] = Field(default_factory=dict)
 
 
+class SettingSpec(Section):
+    """What data every method receives (the same for all methods of a protocol).
+
+    ``dml``: one domain pool, class-disjoint train/test. ``uda``: labeled ``source`` domains plus
+    unlabeled training images of the ``target`` domains; test on disjoint target identities,
+    query -> gallery across cameras. ``dg``: labeled ``source`` domains only; test on the unseen
+    ``target`` domains the same way. Entries name a protocol dataset (all its domains), a domain
+    of the dataset (``sans``) or both (``glyphs/sans``).
+    """
+
+    kind: Literal["dml", "uda", "dg"] = "dml"
+    source: list[str] = Field(default_factory=list)
+    target: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _domains(self) -> SettingSpec:
+        if self.kind == "dml":
+            if self.source or self.target:
+                raise ValueError("`source` and `target` need `kind: uda` or `kind: dg`")
+            return self
+        if not self.source or not self.target:
+            raise ValueError(f"`kind: {self.kind}` needs non-empty `source` and `target` lists")
+        shared = sorted(set(self.source) & set(self.target))
+        if shared:
+            raise ValueError(f"{', '.join(shared)} is both source and target")
+        return self
+
+
 class BudgetSpec(Section):
     """The same search machinery and number of completed trials for every method."""
 
@@ -189,6 +229,7 @@ class Protocol(Section):
     dataset: DatasetSpec | None = None
     #: several datasets in one protocol (e.g. CUB200, Cars196, SOP); exclusive with ``dataset``
     datasets: list[DatasetSpec] | None = None
+    setting: SettingSpec = Field(default_factory=SettingSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -218,9 +259,33 @@ class Protocol(Section):
             raise ValueError("`datasets` is empty")
         return self
 
+    @model_validator(mode="after")
+    def _setting_fits(self) -> Protocol:
+        reid = self.setting.kind != "dml"
+        if reid and self.split.kind != "standard":
+            raise ValueError(f"`setting.kind: {self.setting.kind}` runs on the datasets' own "
+                             f"split only (`split.kind: standard`)")
+        primary = self.evaluation.primary
+        allowed = REID_METRICS if reid else DML_METRICS
+        if primary is None:
+            self.evaluation.primary = allowed[-1] if reid else "mean_average_precision_at_r"
+        elif primary not in allowed:
+            raise ValueError(f"evaluation.primary {primary!r} is not reported in setting "
+                             f"{self.setting.kind!r} (use one of {', '.join(allowed)})")
+        return self
+
     @property
     def dataset_specs(self) -> list[DatasetSpec]:
         return self.datasets if self.datasets is not None else [self.dataset]
+
+    @property
+    def pools(self) -> list[tuple[str, list[DatasetSpec]]]:
+        """What runs as one unit: each dataset alone in ``dml``; in ``uda``/``dg`` all the
+        protocol's datasets pooled (e.g. DukeMTMC-reID + Market-1501), named ``a+b``."""
+        specs = self.dataset_specs
+        if self.setting.kind == "dml":
+            return [(d.name, [d]) for d in specs]
+        return [("+".join(d.name for d in specs), specs)]
 
     @property
     def seeds(self) -> list[int]:
@@ -268,6 +333,26 @@ def _describe(error: dict) -> tuple[str, str]:
     return field, reason
 
 
+def first_error(errors: list[dict]) -> dict:
+    """The validation error to report, of pydantic's list.
+
+    A misspelt required key gives two errors, the missing key first (``methods: Field
+    required``) and the unknown one after; the unknown key is the one to report (with its
+    did-you-mean hint) when it is close to a key missing at the same level.
+    """
+    missing: dict[tuple, list[str]] = {}
+    for error in errors:
+        if error["type"] == "missing":
+            loc = tuple(error["loc"])
+            missing.setdefault(loc[:-1], []).append(str(loc[-1]))
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = tuple(error["loc"])
+            if difflib.get_close_matches(str(loc[-1]), missing.get(loc[:-1], []), n=1):
+                return error
+    return errors[0]
+
+
 def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
     """Validate a parsed YAML document; raise BenchError naming the first bad field."""
     if not isinstance(data, dict):
@@ -275,7 +360,7 @@ def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
     try:
         return Protocol.model_validate(data)
     except ValidationError as error:
-        field, reason = _describe(error.errors()[0])
+        field, reason = _describe(first_error(error.errors()))
         raise BenchError(reason, source=source, field=field) from None
 
 

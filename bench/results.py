@@ -59,16 +59,18 @@ def write_table(path: Path, rows: list[dict]) -> None:
 
 def summary_table(frame: pd.DataFrame, *, model: str, metrics: list[str],
                   method_order: list[str], failures: dict[str, str],
-                  params: dict[str, dict]) -> list[str]:
-    """Markdown rows: method, reproductions, mean ± 95 % t-interval per metric, parameters."""
-    columns = ["method", "n", *metrics, "hyperparameters"]
+                  params: dict[str, dict], data: dict[str, str] | None = None) -> list[str]:
+    """Markdown rows: method, reproductions, mean ± 95 % t-interval per metric, parameters,
+    and (given ``data``) the data each method received in the setting."""
+    columns = ["method", "n", *metrics, "hyperparameters", *(["data used"] if data else [])]
+    extra = (lambda method: [data.get(method, "-")]) if data else (lambda method: [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for method in method_order:
         sub = frame[(frame["method"] == method) & (frame["model"] == model)]
         chosen = ", ".join(f"{k}={_short(v)}" for k, v in params.get(method, {}).items()) or "-"
         if method in failures and sub.empty:
-            lines.append("| " + " | ".join([method, "0", *(["failed"] * len(metrics)), chosen])
-                         + " |")
+            lines.append("| " + " | ".join([method, "0", *(["failed"] * len(metrics)), chosen,
+                                            *extra(method)]) + " |")
             continue
         if sub.empty:
             continue
@@ -76,7 +78,7 @@ def summary_table(frame: pd.DataFrame, *, model: str, metrics: list[str],
         for metric in metrics:
             values = sub[sub["metric"] == metric].sort_values("seed")["value"].tolist()
             cells.append(format_interval(values) if values else "-")
-        lines.append("| " + " | ".join([*cells, chosen]) + " |")
+        lines.append("| " + " | ".join([*cells, chosen, *extra(method)]) + " |")
     return lines
 
 

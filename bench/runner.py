@@ -8,12 +8,13 @@ same command again continues where it stopped.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 import bench
 from bench.data import dataset_info, load_dataset
+from bench.data.merge import merge_datasets
 from bench.data.records import ImageDataset
 from bench.data.registry import get_spec, resolve_options
 from bench.errors import BenchError
@@ -35,10 +37,14 @@ from bench.experiment import (
     fit_fold,
     prepare_inputs,
 )
-from bench.methods import validate_method
+from bench.jobs import JobFailed, completed_results, job_step
+from bench.methods import method_class, validate_method
+from bench.methods.base import DATA_LABELS
 from bench.models import BACKBONES
 from bench.protocol import (
+    DML_METRICS,
     METRICS,
+    REID_METRICS,
     RESERVED_SEARCH_KEYS,
     DatasetSpec,
     MethodSpec,
@@ -55,7 +61,8 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
-from bench.search import MethodFailed, TrialFailed, open_storage, run_search
+from bench.search import MethodFailed, TrialFailed, open_storage, search_step
+from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
 from bench.splits.kfold import kfold_splits, split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
@@ -108,8 +115,26 @@ def _check_sequence_spec(protocol: Protocol, source: str) -> None:
     try:
         SequenceParams.from_options(split.sequence, source=source)
     except BenchError as error:
-        raise BenchError(error.reason, source=source,
-                         field=f"split.sequence ({error.field})") from None
+        raise BenchError(error.reason, source=source, field="split.sequence"
+                         + (f".{error.field}" if error.field else "")) from None
+
+
+def _check_setting(protocol: Protocol, spec: MethodSpec, index: int, source: str) -> None:
+    """A method runs only in settings that offer the data it requires, and PTL-like methods
+    only on images (not cached pooled features): refused here, before any training."""
+    cls = method_class(spec.method)
+    kind = protocol.setting.kind
+    missing = cls.missing(static_kinds(kind))
+    if missing:
+        runs_in = [k for k in ("dml", "uda", "dg") if not cls.missing(static_kinds(k))]
+        raise BenchError(f"{spec.method} needs {', '.join(DATA_LABELS[m] for m in sorted(missing))}"
+                         f", which setting {kind!r} does not give (it runs in: "
+                         f"{', '.join(runs_in) or 'none'})", source=source,
+                         field=f"methods.{index}.method")
+    if cls.needs_trunk and protocol.model.trunk == "none":
+        raise BenchError(f"{spec.method} needs images and the backbone's stages; cached pooled "
+                         f"features (model.trunk: none) cannot serve it: use model.trunk "
+                         f"last_stage or all", source=source, field=f"methods.{index}.method")
 
 
 def plan_protocol(path: str | Path) -> Plan:
@@ -121,6 +146,7 @@ def plan_protocol(path: str | Path) -> Plan:
         params[spec.name] = validate_method(spec.method, spec.params, source=source,
                                             field=f"methods.{i}")
         _check_search_space(spec, i, source)
+        _check_setting(protocol, spec, i, source)
     for i, dspec in enumerate(protocol.dataset_specs):
         where = "dataset" if protocol.datasets is None else f"datasets.{i}"
         try:
@@ -130,7 +156,9 @@ def plan_protocol(path: str | Path) -> Plan:
         try:
             resolve_options(spec, dspec.options)
         except BenchError as error:
-            raise BenchError(error.reason, source=source, field=f"{where}.options") from None
+            option = (error.field or "").removeprefix("option ")
+            raise BenchError(error.reason, source=source, field=f"{where}.options"
+                             + (f".{option}" if option else "")) from None
     if protocol.model.backbone not in BACKBONES:
         raise BenchError(f"unknown backbone {protocol.model.backbone!r} (known: "
                          f"{', '.join(BACKBONES)})", source=source, field="model.backbone")
@@ -174,7 +202,10 @@ def _sequence_length(plan: Plan, dataset: str) -> tuple[int, str]:
                    f"splits import PICKLE --dataset {dataset} --out {path}` (counts below "
                    f"assume 1 split)")
     entries = read_split_file(path)["splits"]
-    default = next(i for i, e in enumerate(entries) if e["is_default"])
+    default = next((i for i, e in enumerate(entries) if e["is_default"]), None)
+    if default is None:
+        raise BenchError("expected exactly one default split, found 0",
+                         source=str(path), field="splits")
     count = len(evenly_spaced(len(entries), spec.select, default))
     return count, f"FID sequence from {path}: {count} of {len(entries)} splits"
 
@@ -195,17 +226,26 @@ def describe_plan(plan: Plan) -> str:
              "|---|---|---|---|---|---|---|"]
     total_runs = 0
     notes = []
-    for dspec in p.dataset_specs:
-        n_splits, note = _sequence_length(plan, dspec.name)
+    if p.setting.kind != "dml":
+        kinds = static_kinds(p.setting.kind)
+        notes.append(f"setting {p.setting.kind}: source {', '.join(p.setting.source)} -> target "
+                     f"{', '.join(p.setting.target)}; data per method (camera views only where the "
+                     f"dataset declares them): " + "; ".join(
+                         f"{m.name}: " + " + ".join(
+                             DATA_LABELS[k] for k in DATA_LABELS
+                             if k in method_class(m.method).consumed(kinds))
+                         for m in p.methods))
+    for name, dspecs in p.pools:
+        n_splits, note = _sequence_length(plan, dspecs[0].name)
         if note:
-            notes.append(f"{dspec.name}: {note}")
+            notes.append(f"{name}: {note}")
         for m in p.methods:
             searched = ", ".join(m.search) or "-"
             search_runs = (trials if m.search else 0) * p.folds
             test_runs = p.reproductions * p.folds * n_splits
             runs = search_runs + test_runs
             total_runs += runs
-            lines.append(f"| {dspec.name} | {n_splits} | {m.name} | {searched} | {search_runs} "
+            lines.append(f"| {name} | {n_splits} | {m.name} | {searched} | {search_runs} "
                          f"| {test_runs} | {runs * p.train.iterations:,} |")
     lines[3:3] = notes
     lines += ["", f"total: {total_runs} training runs, at most "
@@ -215,10 +255,12 @@ def describe_plan(plan: Plan) -> str:
 
 @dataclass
 class DatasetContext:
-    """A loaded dataset, its inputs, the splits to run on and the default split's folds."""
+    """A loaded dataset (or pool), its setting layout, its inputs, the splits to run on and
+    the default split's folds."""
 
-    spec: DatasetSpec
+    name: str
     ds: ImageDataset
+    layout: Layout
     inputs: Inputs
     splits: list[NamedSplit]
     folds: list[ClassSplit]  # of the default split: where hyperparameters are searched
@@ -236,12 +278,27 @@ class RunOptions:
     progress: bool = True
     heartbeat: int = 10
     grace: int = 30
+    poll: float = 1.0  # seconds between looks at the storage when others hold the work
+    #: False for `bench worker`: do the shared work only, write nothing under results/
+    writes_results: bool = True
 
 
 @dataclass
 class MethodState:
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] | None = None  # chosen values, once the search is done
     failure: str | None = None
+    data: str = ""  # the data kinds the method received in this setting
+
+
+@dataclass
+class MethodWork:
+    """A method's progress in this process: its search, then its queue of test jobs."""
+
+    spec: MethodSpec
+    state: MethodState
+    waiting: set[int] | None = None  # search trials running when this process first looked
+    study: optuna.Study | None = None  # the test-job study, once the values are chosen
+    finished: bool = False
 
 
 class ProtocolRun:
@@ -256,6 +313,7 @@ class ProtocolRun:
         self.states: dict[tuple[str, str], MethodState] = {}
         self.splits: dict[str, list[NamedSplit]] = {}
         self.started = time.perf_counter()
+        self.writes_results = options.writes_results
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare_directory(self) -> None:
@@ -283,12 +341,16 @@ class ProtocolRun:
     def storage_url(self) -> str:
         return self.options.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
 
-    def load(self, dspec: DatasetSpec) -> DatasetContext:
-        ds = load_dataset(dspec.name, **dspec.options)
-        splits = self.resolve_splits(dspec, ds)
+    def load(self, name: str, dspecs: list[DatasetSpec]) -> DatasetContext:
+        ds = merge_datasets([load_dataset(d.name, **d.options) for d in dspecs])
+        layout = resolve_layout(self.p.setting, ds, source=self.plan.source)
+        if layout.kind == "dml":
+            splits = self.resolve_splits(dspecs[0], ds)
+        else:
+            splits = [NamedSplit("standard", layout.train_classes, layout.test_classes)]
         default = next(s for s in splits if s.is_default)
         inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
-        return DatasetContext(dspec, ds, inputs, splits, self.make_folds(default))
+        return DatasetContext(name, ds, layout, inputs, splits, self.make_folds(default))
 
     def make_folds(self, split: NamedSplit) -> list[ClassSplit]:
         return kfold_splits(split.train, split.test, self.p.folds, self.p.validation_fraction())
@@ -327,27 +389,139 @@ class ProtocolRun:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> Path:
-        self.prepare_directory()
+        """Do this protocol's work, shared through the storage with any other `bench run` or
+        `bench worker` process, until every method is done or failed; then (not for workers)
+        write the results from the storage."""
+        if self.writes_results:
+            self.prepare_directory()
         storage = None
-        for dspec in self.p.dataset_specs:
-            ctx = self.load(dspec)
-            self.record_protocol()
+        for name, dspecs in self.p.pools:
+            ctx = self.load(name, dspecs)
+            if self.writes_results:
+                self.record_protocol()
             if storage is None:
                 storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
                                        grace=self.options.grace)
-            self.splits[dspec.name] = ctx.splits
-            for spec in self.p.methods:
-                state = self.states.setdefault((dspec.name, spec.name), MethodState())
-                try:
-                    state.params = self.search(ctx, spec, storage)
-                    self.reproduce(ctx, spec, state.params)
-                except MethodFailed as error:
-                    state.failure = str(error)
-                    tqdm.write(f"bench: {self.p.name}: {dspec.name}/{spec.name} failed: {error}")
-                self.write_outputs()
-        if self.p.split.kind == "fid_sequence":
+            self.splits[name] = ctx.splits
+            self.work_through(ctx, storage)
+        if self.writes_results and self.p.split.kind == "fid_sequence":
             self.write_ood_figures()
         return self.dir / "summary.md"
+
+    def work_through(self, ctx: DatasetContext, storage) -> None:
+        """Round-robin over the methods, one unit of work (a search trial or a test job) at a
+        time, so several processes spread over every method instead of queueing behind one."""
+        work = []
+        for spec in self.p.methods:
+            state = self.states.setdefault((ctx.name, spec.name), MethodState())
+            state.data = ctx.layout.describe_kinds(
+                method_class(spec.method).consumed(ctx.layout.kinds))
+            work.append(MethodWork(spec, state))
+        bar = tqdm(total=len(work), desc=f"{self.p.name} {ctx.name}: methods done",
+                   disable=not self.options.progress, dynamic_ncols=True)
+        while True:
+            pending = [w for w in work if not w.finished]
+            if not pending:
+                break
+            progressed = False
+            for w in pending:
+                try:
+                    outcome = self.advance(ctx, w, storage)
+                except MethodFailed as error:
+                    w.state.failure, w.finished, outcome = str(error), True, "failed"
+                    tqdm.write(f"bench: {self.p.name}: {ctx.name}/{w.spec.name} failed: {error}")
+                if outcome in ("done", "failed"):
+                    w.finished = True
+                    bar.update()
+                    if self.writes_results:
+                        self.materialize(ctx, w)
+                        self.write_outputs()
+                progressed |= outcome != "blocked"
+            if not progressed:
+                time.sleep(self.options.poll)
+        bar.close()
+
+    def advance(self, ctx: DatasetContext, w: MethodWork, storage) -> str:
+        """One step of one method: "worked", "blocked" (others hold the rest) or "done"."""
+        spec = w.spec
+        if w.state.params is None:
+            if not spec.search or self.p.budget.trials == 0:
+                w.state.params = {}
+            else:
+                study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
+                                            direction="maximize", load_if_exists=True)
+                step, w.waiting = search_step(study, spec.search, self.p.budget,
+                                              self.objective(ctx, spec), waiting=w.waiting)
+                if step.state != "done":
+                    return step.state
+                w.state.params = step.outcome.best_params
+        if w.study is None:
+            w.study = optuna.create_study(
+                storage=storage, study_name=self.jobs_study_name(ctx, spec, w.state.params),
+                direction="maximize", load_if_exists=True)
+            if "jobs" not in w.study.user_attrs:
+                w.study.set_user_attr("jobs", self.jobs(ctx))  # for `bench status`
+        return job_step(w.study, self.jobs(ctx),
+                        lambda job: self.run_job(ctx, spec, w.state.params, job))
+
+    def objective(self, ctx: DatasetContext, spec: MethodSpec):
+        def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+            try:
+                results = self.train_folds(ctx, spec, values, seed=self.p.seed, label="trial")
+            except (DivergedError, BenchError, RuntimeError, ValueError) as error:
+                raise TrialFailed(f"{type(error).__name__}: {error}") from error
+            scores = [r.validation_score for r in results]
+            stderr = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 \
+                else float("nan")
+            return float(np.mean(scores)), {"fold_scores": scores, "stderr": stderr,
+                                            "best_iterations": [r.best_iteration for r in results]}
+
+        return objective
+
+    def jobs(self, ctx: DatasetContext) -> list[str]:
+        """The test phase's jobs: one per split and reproduction seed, ``<split>/seed<N>``."""
+        return [f"{split.id}/seed{seed}" for split in ctx.splits for seed in self.p.seeds]
+
+    def jobs_study_name(self, ctx: DatasetContext, spec: MethodSpec,
+                        values: dict[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.study_name(ctx, spec)}:test:{digest}"
+
+    def run_job(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any],
+                job: str) -> tuple[float, dict[str, Any]]:
+        """Retrain the chosen values for one split and seed; evaluate on test."""
+        split_id, seed_text = job.split("/")
+        split = next(s for s in ctx.splits if s.id == split_id)
+        seed = int(seed_text.removeprefix("seed"))
+        folds = ctx.folds if split.is_default else self.make_folds(split)
+        label = f"{spec.name} seed {seed}" + ("" if split.id == "standard" else f" {split.id}")
+        try:
+            results = self.train_folds(ctx, spec, values, seed=seed, label=label, folds=folds)
+        except (DivergedError, RuntimeError) as error:
+            raise JobFailed(f"{type(error).__name__}: {error}") from error
+        metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.layout, split.test,
+                                results, seed=seed, device=self.device)
+        provenance = self.provenance(ctx, seed, values, results, folds)
+        rows = [{"protocol": self.p.name, "dataset": ctx.name, "split": split.id,
+                 "method": spec.name, "seed": seed, "model": model, "metric": metric,
+                 "value": float(value), "fid": split.fid,
+                 "is_default_split": split.is_default, **provenance}
+                for model, values_ in metrics.items()
+                for metric, value in values_.items() if metric in METRICS]
+        history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+        headline = "concatenated" if "concatenated" in metrics else "separate"
+        score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
+        return score, {"params": values, "rows": rows, "history": history}
+
+    def materialize(self, ctx: DatasetContext, w: MethodWork) -> None:
+        """Write the method's run files from the storage (atomically; unchanged files kept)."""
+        if w.study is None:
+            return
+        for job, result in completed_results(w.study).items():
+            split_id, seed_text = job.split("/")
+            path = self.dir / "runs" / ctx.name / w.spec.name / split_id / f"{seed_text}.json"
+            if read_json(path) != result:
+                write_json(path, result)
 
     def write_ood_figures(self) -> None:
         """ood_curve.png / .svg: metric vs FID per method with bands, and deviations panel."""
@@ -362,89 +536,31 @@ class ProtocolRun:
                 figure.savefig(self.dir / f"ood_curve{suffix}.{extension}", dpi=120)
 
     def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
-        return f"{self.p.name}:{ctx.spec.name}:{spec.name}:{ctx.default.id}"
+        return f"{self.p.name}:{ctx.name}:{spec.name}:{ctx.default.id}"
 
     def train_folds(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any], *,
                     seed: int, label: str, folds: list[ClassSplit] | None = None):
         params, train_spec = apply_search_values(spec.params, self.p.train, values)
         parsed = validate_method(spec.method, params, source=self.plan.source, field=spec.name)
-        return [fit_fold(self.p, ctx.ds, ctx.inputs, fold, method=spec.method,
+        return [fit_fold(self.p, ctx.ds, ctx.inputs, ctx.layout, fold, method=spec.method,
                          parsed_params=parsed, train_spec=train_spec, seed=seed,
                          device=self.device, progress=self.options.progress,
                          description=f"{spec.name} {label} {fold.name}")
                 for fold in (folds or ctx.folds)]
 
-    def search(self, ctx: DatasetContext, spec: MethodSpec, storage) -> dict[str, Any]:
-        """Best searched values (empty when the method searches nothing or the budget is 0)."""
-        if not spec.search or self.p.budget.trials == 0:
-            return {}
-        study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
-                                    direction="maximize", load_if_exists=True)
-        bar = tqdm(total=self.p.budget.trials, desc=f"search {spec.name}",
-                   disable=not self.options.progress, dynamic_ncols=True, leave=False)
-
-        def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-            try:
-                results = self.train_folds(ctx, spec, values, seed=self.p.seed, label="trial")
-            except (DivergedError, BenchError, RuntimeError, ValueError) as error:
-                raise TrialFailed(f"{type(error).__name__}: {error}") from error
-            scores = [r.validation_score for r in results]
-            stderr = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 \
-                else float("nan")
-            return float(np.mean(scores)), {"fold_scores": scores, "stderr": stderr,
-                                            "best_iterations": [r.best_iteration for r in results]}
-
-        def progress(complete: int, failed: int) -> None:
-            bar.n = complete
-            bar.set_postfix(failed=failed)
-            bar.refresh()
-
-        outcome = run_search(study, spec.search, self.p.budget, objective, on_trial=progress)
-        bar.close()
-        return outcome.best_params
-
-    def run_file(self, ctx: DatasetContext, spec: MethodSpec, split: NamedSplit,
-                 seed: int) -> Path:
-        return self.dir / "runs" / ctx.spec.name / spec.name / split.id / f"seed{seed}.json"
-
-    def reproduce(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any]) -> None:
-        """Retrain the chosen values once per split and reproduction seed; evaluate on test."""
-        for split in ctx.splits:
-            folds = ctx.folds if split.is_default else self.make_folds(split)
-            for seed in self.p.seeds:
-                path = self.run_file(ctx, spec, split, seed)
-                done = read_json(path)
-                if done is not None and done.get("params") == values:
-                    continue
-                label = f"seed {seed}" + ("" if split.id == "standard" else f" {split.id}")
-                try:
-                    results = self.train_folds(ctx, spec, values, seed=seed, label=label,
-                                               folds=folds)
-                except (DivergedError, RuntimeError) as error:
-                    raise MethodFailed(f"{split.id} seed {seed}: {type(error).__name__}: "
-                                       f"{error}") from error
-                metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, folds[0],
-                                        [r.model for r in results], seed=seed,
-                                        device=self.device)
-                provenance = self.provenance(ctx, seed, values, results, folds)
-                rows = [{"protocol": self.p.name, "dataset": ctx.spec.name, "split": split.id,
-                         "method": spec.name, "seed": seed, "model": model, "metric": metric,
-                         "value": float(value), "fid": split.fid,
-                         "is_default_split": split.is_default, **provenance}
-                        for model, values_ in metrics.items()
-                        for metric, value in values_.items() if metric in METRICS]
-                history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
-                write_json(path, {"params": values, "rows": rows, "history": history})
-
     def provenance(self, ctx: DatasetContext, seed: int, values: dict[str, Any],
                    results, folds: list[ClassSplit]) -> dict[str, Any]:
         import pytorch_metric_learning
 
+        layout = ctx.layout
+        test = ("test=test, self-match excluded" if not layout.reid else
+                "target query->gallery, same identity+camera excluded")
         return {
-            "setting": "dml",
+            "setting": layout.kind,
+            "data": layout.describe_kinds(results[0].data_used),
             "hyperparameters": json.dumps(values, sort_keys=True),
             "best_iterations": json.dumps([r.best_iteration for r in results]),
-            "query_reference": "test=test, self-match excluded",
+            "query_reference": test,
             "k": self.p.evaluation.k,
             "folds": self.p.folds,
             "protocol_sha256": self.plan.protocol_hash[:16],
@@ -467,11 +583,28 @@ class ProtocolRun:
             write_table(self.dir / "results.csv", rows)
         write_text_atomically(self.dir / "summary.md", self.summary(rows))
 
+    def test_sentence(self) -> str:
+        setting = self.p.setting
+        if setting.kind == "dml":
+            return (f"Test: query = reference = test classes, self-match excluded, "
+                    f"k = {self.p.evaluation.k}.")
+        sources = ", ".join(setting.source)
+        targets = ", ".join(setting.target)
+        data = ("labeled source + unlabeled target training identities" if setting.kind == "uda"
+                else "labeled sources only")
+        return (f"Setting `{setting.kind}`: source {sources}, target {targets} ({data}; each "
+                f"method receives the kinds it declares, see 'data used'). Validation on "
+                f"held-out source identities. Test: target identities never seen in training, "
+                f"query -> gallery, same identity + same camera gallery entries excluded "
+                f"(Market-1501 rules); CMC and mAP in [0, 1].")
+
     def summary(self, rows: list[dict]) -> str:
         p = self.p
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(
             columns=["dataset", "method", "model", "metric", "value", "seed"])
-        metrics = [m for m in METRICS if m != "nmi" or p.evaluation.nmi]
+        reid = p.setting.kind != "dml"
+        metrics = list(REID_METRICS) if reid else [
+            m for m in DML_METRICS if m != "nmi" or p.evaluation.nmi]
         headline = "concatenated" if p.folds > 1 else "separate"
         lines = [f"# Results: {p.name}", "",
                  f"Protocol `{self.plan.source}` (sha256 {self.plan.protocol_hash[:16]}). "
@@ -480,30 +613,32 @@ class ProtocolRun:
                  f"{p.budget.trials} completed trials per method ({p.budget.sampler}); "
                  f"{p.reproductions} reproduction(s) (seeds {', '.join(map(str, p.seeds))}); "
                  f"early stopping on validation `{p.evaluation.primary}`.",
-                 f"Test: query = reference = test classes, self-match excluded, "
-                 f"k = {p.evaluation.k}. Values: mean ± 95 % t-interval over reproductions. "
+                 self.test_sentence() + " Values: mean ± 95 % t-interval over reproductions. "
                  f"Device {self.device}.", ""]
-        for dspec in p.dataset_specs:
+        for name, _ in p.pools:
             failures = {m: s.failure for (d, m), s in self.states.items()
-                        if d == dspec.name and s.failure}
-            params = {m: s.params for (d, m), s in self.states.items() if d == dspec.name}
-            splits = self.splits.get(dspec.name, [])
+                        if d == name and s.failure}
+            params = {m: s.params or {} for (d, m), s in self.states.items() if d == name}
+            data = {m: s.data for (d, m), s in self.states.items() if d == name} if reid else None
+            splits = self.splits.get(name, [])
             default = next((x.id for x in splits if x.is_default), "standard")
-            sub = frame[frame["dataset"] == dspec.name] if len(frame) else frame
+            sub = frame[frame["dataset"] == name] if len(frame) else frame
             at_default = sub[sub["split"] == default] if len(sub) else sub
             order = [m.name for m in p.methods]
             where = "" if default == "standard" else f", default split {default}"
-            lines += [f"## {dspec.name}{where}: {headline}"
+            lines += [f"## {name}{where}: {headline}"
                       + (" (fold models' embeddings concatenated)" if p.folds > 1 else ""), ""]
             lines += summary_table(at_default, model=headline, metrics=metrics,
-                                   method_order=order, failures=failures, params=params)
+                                   method_order=order, failures=failures, params=params,
+                                   data=data)
             if p.folds > 1:
-                lines += ["", f"## {dspec.name}{where}: separate (mean of the {p.folds} fold "
+                lines += ["", f"## {name}{where}: separate (mean of the {p.folds} fold "
                           "models)", ""]
                 lines += summary_table(at_default, model="separate", metrics=metrics,
-                                       method_order=order, failures=failures, params=params)
+                                       method_order=order, failures=failures, params=params,
+                                       data=data)
             if len(splits) > 1:
-                lines += ["", f"## {dspec.name}: {p.evaluation.primary} ({headline}) along the "
+                lines += ["", f"## {name}: {p.evaluation.primary} ({headline}) along the "
                           "FID sequence (mean over reproductions; * = default split)", ""]
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)

@@ -149,17 +149,18 @@ def counts(study: optuna.Study) -> tuple[int, int, int]:
     return complete, failed, running
 
 
-def run_search(
-    study: optuna.Study,
-    space: dict[str, SearchDimension],
-    budget: BudgetSpec,
-    objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]],
-    *,
-    poll_seconds: float = 1.0,
-    on_trial: Callable[[int, int], None] | None = None,
-) -> SearchOutcome:
-    """Run trials until ``budget.trials`` have completed (by any process) and return the best."""
-    study.sampler = SlotSeededSampler(budget.sampler, budget.seed)
+@dataclass
+class SearchStep:
+    """One call's result: "worked" (a trial ran or was pruned), "blocked" (the remaining slots
+    are held by live trials of other processes) or "done" (with the outcome)."""
+
+    state: str
+    outcome: SearchOutcome | None = None
+
+
+def budget_trial_fn(study: optuna.Study, space: dict[str, SearchDimension], budget: BudgetSpec,
+                    objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]]):
+    """The optuna objective: over-budget trials are pruned, failures recorded with reasons."""
 
     def trial_fn(trial: optuna.Trial) -> float:
         if slot_of(study, trial.number) >= budget.trials:
@@ -175,6 +176,50 @@ def run_search(
             trial.set_user_attr(key, item)
         return value
 
+    return trial_fn
+
+
+def search_step(study: optuna.Study, space: dict[str, SearchDimension], budget: BudgetSpec,
+                objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]], *,
+                waiting: set[int] | None) -> tuple[SearchStep, set[int]]:
+    """Do at most one trial of the search; never block (the caller polls other work).
+
+    ``waiting``: trials that were RUNNING when this process first looked (None the first time);
+    until they finish or go stale this process runs no trial, so slot numbering, and so the
+    sampled parameters, are as in an uninterrupted run (see ``settle_stale``).
+    """
+    study.sampler = SlotSeededSampler(budget.sampler, budget.seed)
+    fail_stale(study)
+    running_now = {t.number for t in study.get_trials(deepcopy=False,
+                                                       states=(TrialState.RUNNING,))}
+    waiting = running_now if waiting is None else waiting & running_now
+    complete, failed, running = counts(study)
+    if complete >= budget.trials:
+        best = best_trial(study)
+        return SearchStep("done", SearchOutcome(best.params, float(best.value),
+                                                complete, failed)), waiting
+    if failed > budget.max_failures:
+        raise MethodFailed(f"{failed} trials failed (max_failures {budget.max_failures}); "
+                           f"last: {last_failure(study)}")
+    if waiting or complete + running >= budget.trials:
+        return SearchStep("blocked"), waiting
+    study.optimize(budget_trial_fn(study, space, budget, objective), n_trials=1,
+                   catch=(TrialFailed,))
+    return SearchStep("worked"), waiting
+
+
+def run_search(
+    study: optuna.Study,
+    space: dict[str, SearchDimension],
+    budget: BudgetSpec,
+    objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]],
+    *,
+    poll_seconds: float = 1.0,
+    on_trial: Callable[[int, int], None] | None = None,
+) -> SearchOutcome:
+    """Run trials until ``budget.trials`` have completed (by any process) and return the best."""
+    study.sampler = SlotSeededSampler(budget.sampler, budget.seed)
+    trial_fn = budget_trial_fn(study, space, budget, objective)
     settle_stale(study, poll_seconds)
     while True:
         fail_stale(study)

@@ -1,7 +1,8 @@
 """The one training loop every method runs in.
 
 Same sampler (PML's MPerClassSampler), optimiser, schedule, augmentation, validation and early
-stopping for every method: a method only supplies the loss (and may own parameters).
+stopping for every method: a method supplies the loss and may use the hooks of
+:class:`bench.methods.base.Method` (memories, per-epoch clustering, model wrappers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.methods.base import Method
+from bench.methods.base import Batch, Method, TrainData
 from bench.protocol import OptimizerSpec, ScheduleSpec, TrainSpec
 from bench.seeding import pml_numpy_random
 
@@ -69,11 +70,27 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def epoch_length(data: TrainData, spec: TrainSpec) -> int:
+    """Iterations per epoch: the protocol's ``epoch_iterations``, else one pass over the target
+    training images (or the labeled images when there is no target)."""
+    if spec.epoch_iterations is not None:
+        return spec.epoch_iterations
+    rows = len(data.target) if data.target is not None else len(data.labels)
+    return max(1, math.ceil(rows / spec.batch_size))
+
+
+def _to_device(inputs, index: np.ndarray, device: torch.device, augment: Augment | None,
+               generator: torch.Generator) -> torch.Tensor:
+    batch = inputs[index]
+    if augment is not None:
+        batch = augment(batch, generator)
+    return batch.to(device, non_blocking=True)
+
+
 def train(
     model: nn.Module,
     method: Method,
-    inputs: torch.Tensor,
-    labels: np.ndarray,
+    data: TrainData,
     spec: TrainSpec,
     *,
     validate: Validate,
@@ -83,11 +100,13 @@ def train(
     progress: bool = True,
     description: str = "train",
 ) -> TrainResult:
-    """Train ``model`` with ``method``'s loss; keep the state with the best validation score.
+    """Train ``model`` with ``method``; keep the state with the best validation score.
 
-    ``inputs`` stays on the CPU and batches move to ``device``; ``labels`` are 0..C-1.
-    Validation runs every ``spec.validate_every`` iterations and at the end; training stops early
-    after ``spec.patience`` validations without improvement.
+    Inputs stay on the CPU and batches move to ``device``. Labeled batches come from PML's
+    MPerClassSampler (the same for every method); target batches from the method's
+    ``target_sampler`` or uniform seeded draws. Validation runs every ``spec.validate_every``
+    iterations and at the end. ``checkpoint: best`` keeps the best-validated state and stops
+    after ``spec.patience`` validations without improvement; ``last`` keeps the final state.
     """
     model.to(device)
     method.to(device)
@@ -99,23 +118,54 @@ def train(
     optimizers = [o for o in (optimizer, method_optimizer) if o is not None]
     schedulers = [s for o in optimizers
                   if (s := make_scheduler(spec.schedule, o, spec.iterations)) is not None]
-    batches = batch_indices(labels, spec, seed)
-    label_tensor = torch.as_tensor(labels, dtype=torch.long)
+    labeled = data.source is not None
+    batches = batch_indices(data.labels, spec, seed) if labeled else None
+    labels = torch.as_tensor(data.labels, dtype=torch.long) if labeled else None
+    domains = torch.as_tensor(data.domains, dtype=torch.long) \
+        if labeled and data.domains is not None else None
     generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    epoch_len = epoch_length(data, spec)
 
+    def run_embed(m: nn.Module, inputs) -> np.ndarray:
+        return embed(m, inputs, batch_size=spec.eval_batch_size, device=device)
+
+    method.setup(model, data, embed=run_embed, generator=generator)
     best = TrainResult(snapshot(model), validate(model), 0, 0)
     best.history.append({"iteration": 0, "loss": float("nan"), "score": best.best_score})
     stale = 0
     running = 0.0
+    target_rows = None
     bar = tqdm(total=spec.iterations, desc=description, disable=not progress, leave=False,
                dynamic_ncols=True)
     model.train()
-    for step, index in enumerate(batches, start=1):
-        batch = inputs[index]
-        if augment is not None:
-            batch = augment(batch, generator)
-        embeddings = model(batch.to(device, non_blocking=True))
-        loss = method.loss(embeddings, label_tensor[index].to(device))
+    for step in range(1, spec.iterations + 1):
+        epoch, position = divmod(step - 1, epoch_len)
+        if position == 0:
+            method.on_epoch(epoch, model, data, embed=run_embed)
+            model.train()
+            if data.target is not None:
+                target_rows = method.target_sampler(epoch, epoch_len, spec.batch_size, rng)
+                if target_rows is None:
+                    target_rows = rng.integers(0, len(data.target), (epoch_len, spec.batch_size))
+        batch = Batch(epoch=epoch, step=step)
+        if labeled:
+            index = batches[step - 1]
+            batch.source = _to_device(data.source, index, device, augment, generator)
+            batch.labels = labels[index].to(device)
+            batch.domains = domains[index].to(device) if domains is not None else None
+            batch.source_index = torch.as_tensor(index).to(device)
+        if target_rows is not None:
+            rows = np.asarray(target_rows[position], dtype=np.int64)
+            batch.target = _to_device(data.target, rows, device, augment, generator)
+            batch.target_index = torch.as_tensor(rows).to(device)
+            if data.target_cameras is not None:
+                batch.target_cameras = torch.as_tensor(data.target_cameras[rows]).to(device)
+            if data.camera_views is not None:
+                views = np.array([data.camera_views[r][rng.integers(len(data.camera_views[r]))]
+                                  if len(data.camera_views[r]) else r for r in rows])
+                batch.target_views = _to_device(data.target, views, device, augment, generator)
+        loss = method.loss(model, batch)
         value = loss.item()  # one host sync per step: the divergence check and the running mean
         if not math.isfinite(value):
             bar.close()
@@ -127,6 +177,8 @@ def train(
             o.step()
         for s in schedulers:
             s.step()
+        with torch.no_grad():
+            method.after_step(batch)
         running += value
         bar.update()
         best.iterations_run = step
@@ -138,6 +190,10 @@ def train(
         running = 0.0
         best.history.append({"iteration": step, "loss": mean_loss, "score": score})
         bar.set_postfix(loss=f"{mean_loss:.4f}", val=f"{score:.4f}", best=f"{best.best_score:.4f}")
+        if spec.checkpoint == "last":
+            if step == spec.iterations:
+                best.best_state, best.best_score, best.best_iteration = snapshot(model), score, step
+            continue
         if score > best.best_score:
             best.best_state, best.best_score, best.best_iteration = snapshot(model), score, step
             stale = 0

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning import losses, samplers
 
+from bench.methods.base import TrainData
 from bench.methods.pml_loss import PmlLoss, PmlLossParams
 from bench.models import EmbeddingHead, EmbeddingModel, Normalize, build_trunk
 from bench.protocol import TrainSpec
@@ -68,8 +69,8 @@ def harness_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: np.ndarra
     method = PmlLoss(PmlLossParams(loss="MultiSimilarityLoss"), num_classes=200,
                      embedding_size=128)
     start = time.perf_counter()
-    train(model, method, inputs, labels, spec, validate=lambda m: 0.0, seed=0,
-          device=torch.device("cpu"), progress=True, description="harness")
+    train(model, method, TrainData(source=inputs, labels=labels), spec, validate=lambda m: 0.0,
+          seed=0, device=torch.device("cpu"), progress=True, description="harness")
     return time.perf_counter() - start
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.protocol import METRICS
+from bench.protocol import DML_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_tiny_protocol_twice_gives_identical_rows(write_protocol, tmp_path: Path
     pd.testing.assert_frame_equal(first, second)
 
     assert set(first["method"]) == {"contrastive", "proxy_anchor"}
-    assert set(first["metric"]) == set(METRICS)
+    assert set(first["metric"]) == set(DML_METRICS)
     assert first["value"].between(0, 1).all()
     for column in ("protocol", "dataset", "split", "seed", "protocol_sha256", "weights", "torch"):
         assert first[column].notna().all(), column

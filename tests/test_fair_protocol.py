@@ -94,8 +94,8 @@ class NaNAbove(PmlLoss):
         base, self.x, self.limit = params
         super().__init__(base, num_classes=num_classes, embedding_size=embedding_size)
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        value = super().loss(embeddings, labels)
+    def loss(self, model, batch) -> torch.Tensor:
+        value = super().loss(model, batch)
         return value * float("nan") if self.x > self.limit else value
 
 

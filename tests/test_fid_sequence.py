@@ -127,6 +127,65 @@ def test_split_file_checksum_and_tampering(tmp_path):
         split_document(bad, dataset="toy")
 
 
+def _toy_document():
+    names = [f"class{i:02d}" for i in range(8)]
+    entries = [{"id": 1, "stage": "default", "is_default": True, "fid": 2.5,
+                "train_classes": names[:4], "test_classes": names[4:]},
+               {"id": 2, "stage": "imported", "is_default": False, "fid": None,
+                "train_classes": names[:3], "test_classes": names[5:]}]
+    return split_document(entries, dataset="toy", extractor=None, parameters={}), names
+
+
+@pytest.mark.parametrize(("index", "change", "field", "words"), [
+    (1, 7, "splits[1]", "a split must be an object"),
+    (0, {"test_classes": None}, "splits[0].test_classes", "expected a list of class names"),
+    (0, {"train_classes": "class00"}, "splits[0].train_classes", "expected a list"),
+    (0, {"train_classes": ["class00", 3]}, "splits[0].train_classes", "must be strings, got 3"),
+    (0, {"train_classes": []}, "splits[0].train_classes", "no classes"),
+    (0, {"train_classes": ["class00", "class00"]}, "splits[0].train_classes", "listed twice"),
+    (0, {"train_classes": ["class04"]}, "splits[0]", "train and test share 1 classes"),
+    (0, {"fid": "high"}, "splits[0].fid", "'high'"),
+    (0, {"fid": True}, "splits[0].fid", "finite number or null"),
+    (0, {"id": "one"}, "splits[0].id", "integer id"),
+    (1, {"id": 1}, "splits", "repeated: 1"),
+    (0, {"is_default": "yes"}, "splits[0].is_default", "true or false"),
+    (1, {"is_default": True}, "splits", "exactly one default split, found 2"),
+])
+def test_read_split_file_checks_every_entry(tmp_path, index, change, field, words):
+    document, _ = _toy_document()
+    splits = document["splits"]
+    splits[index] = change if not isinstance(change, dict) else {**splits[index], **change}
+    document["checksum"] = splits_checksum(splits)  # a consistent file: the checks must catch it
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(BenchError) as caught:
+        read_split_file(path)
+    assert caught.value.source == str(path) and caught.value.field == field
+    assert words in caught.value.reason
+
+
+def test_split_file_class_names_and_null_fid(tmp_path):
+    from bench.splits.named import from_document
+
+    document, names = _toy_document()
+    path = write_split_file(document, tmp_path / "splits.json")
+    assert read_split_file(path, class_names=names) == document
+    with pytest.raises(BenchError, match="1 class names are not in dataset 'toy'") as caught:
+        read_split_file(path, class_names=names[1:], dataset="toy")
+    assert caught.value.field == "splits[0].train_classes"
+
+    class Toy:
+        name = "toy"
+        class_names = names
+
+    splits = from_document(document, Toy(), source=str(path))
+    assert [(s.id, s.fid, s.is_default) for s in splits] == [("fid01", 2.5, True),
+                                                             ("fid02", None, False)]
+    with pytest.raises(BenchError, match="not in dataset 'toy'"):
+        from_document(document, type("Other", (Toy,), {"class_names": names[:7]})(),
+                      source=str(path))
+
+
 @pytest.fixture(scope="module")
 def glyph_splits():
     return make_dataset_splits("glyphs", "mobilenet_v2", dataset_options=GLYPHS, progress=False)
@@ -302,7 +361,11 @@ def test_import_rejects_bad_content(tmp_path):
     cases = {
         "list.pkl": (["a", "b"], "expected a dict of splits"),
         "keys.pkl": ({1: {"classes": ["a"]}}, "no train/test class lists"),
-        "overlap.pkl": ({1: {"train": ["a", "b"], "test": ["b"]}}, "share 1 classes"),
+        "overlap.pkl": ({1: {"train": ["a", "b"], "test": ["b"]}},
+                        r"overlap\.pkl: split 1: train and test share 1 classes"),
+        "defaults.pkl": ({1: {"train": ["a"], "test": ["b"], "default": True},
+                          2: {"train": ["b"], "test": ["a"], "default": True}},
+                         "2 splits are marked default"),
         "fid.pkl": ({1: {"train": ["a"], "test": ["b"], "fid": "high"}}, "FID must be"),
     }
     for name, (content, reason) in cases.items():

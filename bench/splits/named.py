@@ -49,23 +49,25 @@ def evenly_spaced(count: int, keep: int | None, default: int) -> list[int]:
 def from_document(document: dict[str, Any], ds: ImageDataset, *, source: str,
                   select: int | None = None) -> list[NamedSplit]:
     """Map a split file's class names onto ``ds``'s class indices; refuse unknown names."""
-    index = {name: i for i, name in enumerate(ds.class_names)}
-    entries = document["splits"]
+    from bench.splits.fid_sequence import check_class_names, check_split_entry
+
+    entries = document.get("splits") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise BenchError("no splits", source=source, field="splits")
+    for position, entry in enumerate(entries):  # read_split_file checked these; others may not
+        check_split_entry(entry, position, source=source)
     defaults = [i for i, e in enumerate(entries) if e["is_default"]]
     if len(defaults) != 1:
         raise BenchError(f"expected exactly one default split, found {len(defaults)}",
                          source=source, field="splits")
+    check_class_names(entries, ds.class_names, source=source, dataset=ds.name)
+    index = {name: i for i, name in enumerate(ds.class_names)}
     splits = []
     for position in evenly_spaced(len(entries), select, defaults[0]):
         entry = entries[position]
-        sides = []
-        for side in ("train_classes", "test_classes"):
-            missing = [name for name in entry[side] if name not in index]
-            if missing:
-                raise BenchError(f"{len(missing)} class names are not in dataset "
-                                 f"{ds.name!r} (first: {missing[0]!r})", source=source,
-                                 field=f"splits[{position}].{side}")
-            sides.append(np.array(sorted(index[name] for name in entry[side])))
-        splits.append(NamedSplit(f"fid{int(entry['id']):02d}", sides[0], sides[1],
-                                 float(entry["fid"]), bool(entry["is_default"])))
+        sides = [np.array(sorted(index[name] for name in entry[side]))
+                 for side in ("train_classes", "test_classes")]
+        fid = None if entry["fid"] is None else float(entry["fid"])
+        splits.append(NamedSplit(f"fid{int(entry['id']):02d}", sides[0], sides[1], fid,
+                                 bool(entry["is_default"])))
     return splits

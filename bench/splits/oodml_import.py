@@ -202,6 +202,12 @@ def import_oodml_pickle(path: str | Path, *, dataset: str,
             raise BenchError(f"FID must be a finite number, got {fid!r}", source=source,
                              field=f"{where}.{fid_key}")
         _, flag = _first(entry, DEFAULT_KEYS)
+        train_names = _class_list(train, f"{where}.{train_key}", source)
+        test_names = _class_list(test, f"{where}.{test_key}", source)
+        shared = set(train_names) & set(test_names)
+        if shared:
+            raise BenchError(f"train and test share {len(shared)} classes (e.g. "
+                             f"{sorted(shared)[0]!r})", source=source, field=where)
         entries.append({
             "id": number,
             "source_id": split_id,
@@ -209,12 +215,16 @@ def import_oodml_pickle(path: str | Path, *, dataset: str,
             "is_default": (split_id == str(default_id)) if default_id is not None
             else bool(flag),
             "fid": None if fid is None else round(float(fid), 6),
-            "train_classes": _class_list(train, f"{where}.{train_key}", source),
-            "test_classes": _class_list(test, f"{where}.{test_key}", source),
+            "train_classes": train_names,
+            "test_classes": test_names,
         })
     if default_id is not None and not any(e["is_default"] for e in entries):
         known = ", ".join(e["source_id"] for e in entries)
         raise BenchError(f"no split with id {default_id!r} (ids: {known})", field="--default-id")
+    defaults = [e["source_id"] for e in entries if e["is_default"]]
+    if len(defaults) > 1:
+        raise BenchError(f"{len(defaults)} splits are marked default (ids: {', '.join(defaults)}); "
+                         f"pick one with --default-id", source=source)
     return split_document(
         entries,
         dataset=dataset,

@@ -1,0 +1,278 @@
+"""Scaling out: `bench worker`, `bench launch` (Slurm via submitit), `bench status`, `bench rebuild`.
+
+Nothing here schedules work: every process (a `bench run`, or workers on any machine) runs the
+same loop against the same optuna storage, which hands out search trials and test jobs, fails
+the trials of dead processes by heartbeat, and holds every result. So a worker is a `bench run`
+that writes nothing under results/, `status` only reads the storage, and `rebuild` writes the
+results directory from the storage alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _storage_url(args: argparse.Namespace, name: str) -> str:
+    if args.storage:
+        return args.storage
+    path = (Path(args.results) / name / "study.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def worker_main(protocol: str, storage: str, results: str = "results", threads: int | None = None,
+                grace: int = 30, progress: bool = False) -> dict[str, str]:
+    """One worker: do whatever work of ``protocol`` is left in ``storage``; return failures.
+
+    A plain function, so submitit can run it on a Slurm node (or locally in tests)."""
+    import torch
+
+    from bench.runner import ProtocolRun, RunOptions, check_available, plan_protocol
+
+    if threads:
+        torch.set_num_threads(threads)
+    plan = plan_protocol(protocol)
+    check_available(plan)
+    options = RunOptions(results_root=Path(results), storage=storage, progress=progress,
+                         grace=grace, heartbeat=max(1, grace // 3), writes_results=False)
+    run = ProtocolRun(plan, options)
+    run.run()
+    return {f"{d}/{m}": s.failure for (d, m), s in run.states.items() if s.failure}
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bench.runner import plan_protocol
+
+    plan = plan_protocol(args.protocol)
+    storage = _storage_url(args, plan.protocol.name)
+    failures = worker_main(args.protocol, storage, args.results, args.threads, args.grace,
+                           progress=not args.no_progress)
+    print(f"bench worker: {plan.protocol.name}: no work left in {storage}")
+    for method, reason in failures.items():
+        print(f"bench: method {method} failed: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import submitit
+
+    from bench.runner import plan_protocol
+
+    plan = plan_protocol(args.protocol)
+    name = plan.protocol.name
+    storage = _storage_url(args, name)
+    if args.slurm and storage.startswith("sqlite"):
+        print("bench launch: warning: SQLite on a shared file system is fragile with many nodes; "
+              "pass --storage postgresql://... for Slurm", file=sys.stderr)
+    folder = Path(args.results).resolve() / name / "launch"
+    if args.local:
+        executor: Any = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=args.time_min)
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = {"timeout_min": args.time_min,
+                                  "cpus_per_task": args.cpus_per_worker}
+        if args.partition:
+            params["slurm_partition"] = args.partition
+        if args.gpus_per_worker:
+            params["gpus_per_node"] = args.gpus_per_worker
+        executor.update_parameters(**params)
+    protocol = str(Path(args.protocol).resolve())
+    results = str(Path(args.results).resolve())
+    jobs = [executor.submit(worker_main, protocol, storage, results, args.threads, args.grace)
+            for _ in range(args.workers)]
+    print(f"bench launch: {len(jobs)} worker(s) for {name} on {storage}: "
+          + ", ".join(str(j.job_id) for j in jobs))
+    print(f"  logs: {folder}; progress: bench status {args.protocol} --storage {storage}")
+    if not args.wait:
+        return 0
+    failures: dict[str, str] = {}
+    for job in jobs:
+        failures.update(job.result())
+    print(f"bench launch: {len(jobs)} worker(s) finished")
+    for method, reason in failures.items():
+        print(f"bench: method {method} failed: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _studies(storage, prefix: str) -> dict[str, Any]:
+    import optuna
+
+    return {s.study_name: s for s in optuna.get_all_study_summaries(storage)
+            if s.study_name.startswith(prefix)}
+
+
+def progress_table(plan, storage_url: str) -> list[dict[str, Any]]:
+    """Per pool and method: search and test-job progress, read from the storage only."""
+    import optuna
+
+    from bench.jobs import job_counts
+    from bench.search import counts, open_storage
+
+    storage = open_storage(storage_url)
+    p = plan.protocol
+    rows = []
+    for pool, _ in p.pools:
+        for spec in p.methods:
+            prefix = f"{p.name}:{pool}:{spec.name}:"
+            studies = _studies(storage, prefix)
+            search = [n for n in studies if ":test:" not in n]
+            tests = [n for n in studies if ":test:" in n]
+            row = {"dataset": pool, "method": spec.name}
+            budget = p.budget.trials if spec.search else 0
+            if search:
+                study = optuna.load_study(study_name=search[0], storage=storage)
+                complete, failed, running = counts(study)
+                row.update(search_done=min(complete, budget), search_running=running,
+                           search_failed=failed, search_left=max(0, budget - complete - running))
+            else:
+                row.update(search_done=0, search_running=0, search_failed=0, search_left=budget)
+            if tests:
+                study = optuna.load_study(study_name=tests[0], storage=storage)
+                jobs = list(study.user_attrs.get("jobs", []))
+                c = job_counts(study, jobs)
+                row.update(test_done=c["done"], test_running=c["running"],
+                           test_failed=c["failed"], test_left=c["left"])
+            else:
+                row.update(test_done=0, test_running=0, test_failed=0, test_left="?")
+            rows.append(row)
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.runner import plan_protocol
+
+    plan = plan_protocol(args.protocol)
+    storage = _storage_url(args, plan.protocol.name)
+    rows = progress_table(plan, storage)
+    print(f"{plan.protocol.name} in {storage}: search = completed trials of the budget "
+          f"({plan.protocol.budget.trials}); test = (split, seed) jobs")
+    print("| dataset | method | search done | running | failed | left | test done | running "
+          "| failed | left |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['method']} | {r['search_done']} | {r['search_running']} | "
+              f"{r['search_failed']} | {r['search_left']} | {r['test_done']} | "
+              f"{r['test_running']} | {r['test_failed']} | {r['test_left']} |")
+    return 0
+
+
+def rebuild_results(plan, storage_url: str, results_root: Path) -> Path:
+    """Write results/<protocol>/ (run files, results.csv, summary.md) from the storage alone."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from bench.jobs import FAILURE, JOB, completed_results
+    from bench.results import read_json, write_json
+    from bench.runner import MethodState, ProtocolRun, RunOptions
+    from bench.search import open_storage
+    from bench.splits.named import NamedSplit
+
+    storage = open_storage(storage_url)
+    p = plan.protocol
+    run = ProtocolRun(plan, RunOptions(results_root=results_root, storage=storage_url,
+                                       progress=False))
+    run.prepare_directory()
+    run.record_protocol()
+    for pool, _ in p.pools:
+        seen: dict[str, NamedSplit] = {}
+        for spec in p.methods:
+            state = run.states.setdefault((pool, spec.name), MethodState())
+            for name in _studies(storage, f"{p.name}:{pool}:{spec.name}:"):
+                study = optuna.load_study(study_name=name, storage=storage)
+                if ":test:" not in name:
+                    continue
+                for job, result in completed_results(study).items():
+                    split_id, seed_text = job.split("/")
+                    path = run.dir / "runs" / pool / spec.name / split_id / f"{seed_text}.json"
+                    if read_json(path) != result:
+                        write_json(path, result)
+                    state.params = result["params"]
+                    state.data = result["rows"][0].get("data", "") if result["rows"] else ""
+                    for row in result["rows"][:1]:
+                        seen[row["split"]] = NamedSplit(row["split"], [], [], row["fid"],
+                                                        bool(row["is_default_split"]))
+                failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                          if FAILURE in t.user_attrs]
+                if failed:
+                    state.failure = f"{failed[0].user_attrs[JOB]}: {failed[0].user_attrs[FAILURE]}"
+        run.splits[pool] = sorted(seen.values(), key=lambda s: (s.fid is None, s.fid or 0))
+    run.write_outputs()
+    return run.dir
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from bench.runner import plan_protocol
+
+    plan = plan_protocol(args.protocol)
+    storage = _storage_url(args, plan.protocol.name)
+    out = rebuild_results(plan, storage, Path(args.results))
+    print(f"rebuilt {out}/ (runs/, results.csv, summary.md) from {storage}")
+    return 0
+
+
+def add_worker_parsers(sub) -> None:
+    """`bench worker`, `bench launch`, `bench status`, `bench rebuild`."""
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("protocol", help="protocol YAML file")
+        parser.add_argument("--storage", metavar="URL",
+                            help="optuna storage shared by every process (default: sqlite file "
+                            "RESULTS/<protocol>/study.db); for many machines "
+                            "postgresql://user:password@host/db")
+        parser.add_argument("--results", default="results", help="results root (default: "
+                            "results)")
+
+    worker = sub.add_parser(
+        "worker", help="join a protocol's work through its storage (any number, any machine)",
+        description="Do the protocol's search trials and test jobs that are left in the "
+        "storage, alongside any other workers and `bench run` processes, then exit. Trials of a "
+        "worker that dies are failed by heartbeat and re-run by another. Writes nothing under "
+        "results/ (a `bench run` or `bench rebuild` writes the tables).")
+    common(worker)
+    worker.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads for this worker (default: torch's choice)")
+    worker.add_argument("--grace", type=int, default=30, metavar="SECONDS",
+                        help="heartbeat grace period before a silent trial is failed "
+                        "(default: 30)")
+    worker.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    worker.set_defaults(func=cmd_worker)
+
+    launch = sub.add_parser(
+        "launch", help="submit N workers (Slurm through submitit, or local processes)",
+        description="Submit N `bench worker` jobs through submitit: to Slurm (--slurm) or as "
+        "local processes (--local, for tests and single machines).")
+    common(launch)
+    where = launch.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slurm", action="store_true", help="submit to Slurm")
+    where.add_argument("--local", action="store_true", help="run as local processes")
+    launch.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="number of workers (default: 2)")
+    launch.add_argument("--threads", type=int, metavar="N", help="torch threads per worker")
+    launch.add_argument("--partition", help="Slurm partition")
+    launch.add_argument("--time-min", type=int, default=600, help="time limit per worker, "
+                        "minutes (default: 600)")
+    launch.add_argument("--cpus-per-worker", type=int, default=4, help="Slurm CPUs per worker")
+    launch.add_argument("--gpus-per-worker", type=int, default=0, help="Slurm GPUs per worker")
+    launch.add_argument("--grace", type=int, default=30, metavar="SECONDS",
+                        help="heartbeat grace period (default: 30)")
+    launch.add_argument("--wait", action="store_true", help="wait until every worker ends")
+    launch.set_defaults(func=cmd_launch)
+
+    status = sub.add_parser("status", help="per-method progress of a protocol, from its storage",
+                            description="Search trials and test jobs done / running / failed / "
+                            "left of the budget, per dataset and method, read from the storage.")
+    common(status)
+    status.set_defaults(func=cmd_status)
+
+    rebuild = sub.add_parser("rebuild", help="write results/<protocol>/ from the storage alone",
+                             description="Rebuild run files, results.csv and summary.md from "
+                             "the results stored in the optuna storage (e.g. after workers on "
+                             "other machines, or a lost results folder). Never duplicates rows.")
+    common(rebuild)
+    rebuild.set_defaults(func=cmd_rebuild)
+
+
+__all__ = ["add_worker_parsers", "progress_table", "rebuild_results", "worker_main"]
