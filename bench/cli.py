@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. a full results disk: results already stored are kept
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"bench: error: {where}{error.strerror or error}; results already written are "
+              f"kept (re-run to resume)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bench: interrupted; results already written are kept", file=sys.stderr)
         return 130

@@ -21,3 +21,8 @@ class BenchError(Exception):
         prefix = ": ".join(parts)
         text = f"{prefix}: {self.reason}" if prefix else self.reason
         return " ".join(text.split())
+
+
+class DataError(BenchError):
+    """A data file went bad (missing, corrupt, refused): never the method's fault, so a search
+    trial that meets one is not counted as the method's failure; the run stops with exit 2."""

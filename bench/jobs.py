@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bench.search import MethodFailed, fail_stale
+from bench.search import MethodFailed, fail_stale, optimize_once
 
 JOB = "job"
 RESULT = "result"
@@ -47,8 +47,9 @@ def job_counts(study: optuna.Study, jobs: list[str]) -> dict[str, int]:
         elif t.state == TrialState.FAIL and FAILURE in t.user_attrs:
             failed.add(job)
     running -= done
+    failed -= done | running
     return {"done": len(done & set(jobs)), "running": len(running & set(jobs)),
-            "failed": len(failed), "left": len(set(jobs) - done - running)}
+            "failed": len(failed & set(jobs)), "left": len(set(jobs) - done - running - failed)}
 
 
 def completed_results(study: optuna.Study) -> dict[str, dict[str, Any]]:
@@ -114,5 +115,5 @@ def job_step(study: optuna.Study, jobs: list[str],
         trial.set_user_attr(RESULT, json.dumps(result, sort_keys=True))
         return value
 
-    study.optimize(trial_fn, n_trials=1, catch=(JobFailed,))
+    optimize_once(study, trial_fn, (JobFailed,))
     return "worked"

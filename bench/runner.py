@@ -29,7 +29,7 @@ from bench.data import dataset_info, load_dataset
 from bench.data.merge import merge_datasets
 from bench.data.records import ImageDataset
 from bench.data.registry import get_spec, resolve_options
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 from bench.experiment import (
     Inputs,
     apply_search_values,
@@ -131,6 +131,7 @@ def _check_setting(protocol: Protocol, spec: MethodSpec, index: int, source: str
                          f", which setting {kind!r} does not give (it runs in: "
                          f"{', '.join(runs_in) or 'none'})", source=source,
                          field=f"methods.{index}.method")
+    cls.check_train(protocol.train, source=source)
     if cls.needs_trunk and protocol.model.trunk == "none":
         raise BenchError(f"{spec.method} needs images and the backbone's stages; cached pooled "
                          f"features (model.trunk: none) cannot serve it: use model.trunk "
@@ -296,7 +297,6 @@ class MethodWork:
 
     spec: MethodSpec
     state: MethodState
-    waiting: set[int] | None = None  # search trials running when this process first looked
     study: optuna.Study | None = None  # the test-job study, once the values are chosen
     finished: bool = False
 
@@ -450,8 +450,7 @@ class ProtocolRun:
             else:
                 study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
                                             direction="maximize", load_if_exists=True)
-                step, w.waiting = search_step(study, spec.search, self.p.budget,
-                                              self.objective(ctx, spec), waiting=w.waiting)
+                step = search_step(study, spec.search, self.p.budget, self.objective(ctx, spec))
                 if step.state != "done":
                     return step.state
                 w.state.params = step.outcome.best_params
@@ -468,6 +467,8 @@ class ProtocolRun:
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
             try:
                 results = self.train_folds(ctx, spec, values, seed=self.p.seed, label="trial")
+            except DataError:
+                raise  # a bad file is not the method's failure: stop, exit 2, count nothing
             except (DivergedError, BenchError, RuntimeError, ValueError) as error:
                 raise TrialFailed(f"{type(error).__name__}: {error}") from error
             scores = [r.validation_score for r in results]

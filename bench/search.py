@@ -6,18 +6,22 @@ Rules enforced here, beyond what optuna does itself:
   search goes on, up to ``max_failures`` failures;
 - two processes never overshoot the budget: a trial that finds the budget already taken by
   live trials is pruned before it trains ("over budget");
-- trial k's parameters depend only on the trials completed before it and on k, never on which
-  process ran it or whether an earlier process died, so a resumed search equals an
-  uninterrupted one;
+- each trial takes the lowest free budget slot, and slot k's parameters depend only on k (and,
+  for TPE, the trials completed before it), never on which process ran it or whether an earlier
+  process died: the re-run of a dead trial trains its values, so a resumed or multi-worker search
+  equals an uninterrupted one (random sampler; TPE depends on completion order);
 - a trial left RUNNING by a killed process is failed by optuna's heartbeat check and not counted.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -26,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.protocol import BudgetSpec, SearchDimension
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # bench reports failures itself
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING)
 
 
@@ -42,6 +46,9 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
     """An RDB storage with heartbeats, so trials of a dead process are detected and failed."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(20):
         try:
@@ -60,26 +67,97 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
 
 def fail_stale(study: optuna.Study) -> None:
     """Fail trials whose process stopped sending heartbeats (optuna marks this experimental,
-    but it has been stable since 2.9)."""
+    but it has been stable since 2.9), and trials whose process died before their first one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    for trial_id in _never_beating(study):
+        try:
+            study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed (or finished) it first
 
 
-def slot_of(study: optuna.Study, number: int) -> int:
-    """How many live (complete or running) trials precede trial ``number``."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < number)
+def _never_beating(study: optuna.Study) -> list[int]:
+    """RUNNING trials with no heartbeat row, started more than two grace periods ago.
 
-
-def sampling_key(study: optuna.Study, number: int) -> tuple[int, int]:
-    """(slot, failures so far): what a trial's sampler seed depends on.
-
-    Counting the method's own failures makes a trial after a failure draw new values instead
-    of repeating the failed ones; trials failed by a stale heartbeat do not count.
+    optuna's stale check skips trials that never sent a heartbeat, and the first one is sent
+    only after the trial is created and sampled: a process killed in that window would leave a
+    trial RUNNING for ever, blocking every other process. optuna has no public query for
+    heartbeat rows, hence its RDB models here. Start times are the client clock's.
     """
-    failures = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                   if t.number < number and "failure" in t.user_attrs)
-    return slot_of(study, number), failures
+    storage = getattr(study._storage, "_backend", study._storage)  # under optuna's cache
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    limit = timedelta(seconds=2 * (storage.grace_period or 2 * storage.heartbeat_interval))
+    now = datetime.now()
+    out = []
+    with _create_scoped_session(storage.scoped_session) as session:
+        running = (session.query(models.TrialModel)
+                   .filter(models.TrialModel.state == TrialState.RUNNING)
+                   .filter(models.TrialModel.study_id == study._study_id).all())
+        for trial in running:
+            started = trial.datetime_start
+            if not trial.heartbeats and started is not None and now - started > limit:
+                out.append(trial.trial_id)
+    return out
+
+
+SLOT = "slot"
+
+
+def optimize_once(study: optuna.Study, trial_fn, catch: tuple[type[Exception], ...]) -> None:
+    """``study.optimize`` for one trial, surviving a trial that another process declared dead
+    meanwhile (a long pause, a slow disk): its result is dropped and the slot or job is run
+    again, by whoever comes first."""
+    try:
+        study.optimize(trial_fn, n_trials=1, catch=catch)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    except ValueError as error:  # optuna's "Cannot tell a FAIL trial." after the above
+        if "Cannot tell" not in str(error):
+            raise
+
+
+def assign_slot(study: optuna.Study, number: int, poll: float = 0.1) -> int:
+    """The lowest budget slot that no live (complete or running) trial holds.
+
+    A trial's slot decides its sampler seed, so the re-run of a dead trial (failed by
+    heartbeat) takes the dead one's slot and trains the same values, whatever ran meanwhile.
+    Two trials never take one slot: a trial waits for earlier RUNNING trials that have not
+    recorded theirs yet (they do right after creation; a dead one is failed by ``fail_stale``).
+    """
+    while True:
+        fail_stale(study)
+        held, undecided = set(), False
+        for t in study.get_trials(deepcopy=False, states=LIVE):
+            if t.number == number:
+                continue
+            slot = t.user_attrs.get(SLOT)
+            if slot is not None:
+                held.add(slot)
+            elif t.state == TrialState.RUNNING and t.number < number:
+                undecided = True
+        if not undecided:
+            return next(k for k in itertools.count() if k not in held)
+        time.sleep(poll)
+
+
+def slot_of(study: optuna.Study, number: int) -> int | None:
+    """The slot trial ``number`` recorded (None before it has one)."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return trial.user_attrs.get(SLOT)
+
+
+def failures_before(study: optuna.Study, number: int) -> int:
+    """The method's own failures before trial ``number``: a retry after a failure draws new
+    values instead of repeating the failed ones; trials failed by a stale heartbeat do not
+    count (their slot is re-run with the same values)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if t.number < number and "failure" in t.user_attrs)
 
 
 class SlotSeededSampler(BaseSampler):
@@ -99,7 +177,10 @@ class SlotSeededSampler(BaseSampler):
         return TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        slot, failures = sampling_key(study, trial.number)
+        slot = assign_slot(study, trial.number)
+        # optuna offers no public way to write a trial's attributes from a sampler hook
+        study._storage.set_trial_user_attr(trial._trial_id, SLOT, slot)
+        failures = failures_before(study, trial.number)
         self._inner = self._make((self.seed * 100_003 + slot * 1_009 + failures) % 2**32)
         self._inner.before_trial(study, trial)
 
@@ -180,32 +261,23 @@ def budget_trial_fn(study: optuna.Study, space: dict[str, SearchDimension], budg
 
 
 def search_step(study: optuna.Study, space: dict[str, SearchDimension], budget: BudgetSpec,
-                objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]], *,
-                waiting: set[int] | None) -> tuple[SearchStep, set[int]]:
-    """Do at most one trial of the search; never block (the caller polls other work).
-
-    ``waiting``: trials that were RUNNING when this process first looked (None the first time);
-    until they finish or go stale this process runs no trial, so slot numbering, and so the
-    sampled parameters, are as in an uninterrupted run (see ``settle_stale``).
-    """
+                objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]]
+                ) -> SearchStep:
+    """Do at most one trial of the search; never wait (the caller polls other work)."""
     study.sampler = SlotSeededSampler(budget.sampler, budget.seed)
     fail_stale(study)
-    running_now = {t.number for t in study.get_trials(deepcopy=False,
-                                                       states=(TrialState.RUNNING,))}
-    waiting = running_now if waiting is None else waiting & running_now
     complete, failed, running = counts(study)
     if complete >= budget.trials:
         best = best_trial(study)
         return SearchStep("done", SearchOutcome(best.params, float(best.value),
-                                                complete, failed)), waiting
+                                                complete, failed))
     if failed > budget.max_failures:
         raise MethodFailed(f"{failed} trials failed (max_failures {budget.max_failures}); "
                            f"last: {last_failure(study)}")
-    if waiting or complete + running >= budget.trials:
-        return SearchStep("blocked"), waiting
-    study.optimize(budget_trial_fn(study, space, budget, objective), n_trials=1,
-                   catch=(TrialFailed,))
-    return SearchStep("worked"), waiting
+    if complete + running >= budget.trials:
+        return SearchStep("blocked")
+    optimize_once(study, budget_trial_fn(study, space, budget, objective), (TrialFailed,))
+    return SearchStep("worked")
 
 
 def run_search(

@@ -10,6 +10,7 @@ results directory from the storage alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,21 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
 
     A plain function, so submitit can run it on a Slurm node (or locally in tests)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from bench.runner import ProtocolRun, RunOptions, check_available, plan_protocol
 
-    if threads:
-        torch.set_num_threads(threads)
     plan = plan_protocol(protocol)
     check_available(plan)
     options = RunOptions(results_root=Path(results), storage=storage, progress=progress,
                          grace=grace, heartbeat=max(1, grace // 3), writes_results=False)
     run = ProtocolRun(plan, options)
-    run.run()
+    if threads:
+        torch.set_num_threads(threads)
+    # --threads caps numpy's BLAS and OpenMP pools too: an idle OpenBLAS thread spin-waits and
+    # takes CPU from the other workers (benchmarks/scaling.py measured 1.56x vs 1.81x)
+    with threadpool_limits(limits=threads) if threads else contextlib.nullcontext():
+        run.run()
     return {f"{d}/{m}": s.failure for (d, m), s in run.states.items() if s.failure}
 
 

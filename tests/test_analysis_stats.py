@@ -122,3 +122,13 @@ def test_same_method_from_two_protocols_is_not_pooled():
     frame = pd.concat([frame_of(values), frame_of(values).assign(protocol="q")])
     with pytest.raises(BenchError, match="several protocols"):
         compare(frame)
+
+
+def test_reid_results_rank_by_map_first():
+    """uda / dg rows carry CMC and mAP: mAP is the default primary metric, ranked first."""
+    frames = [frame_of({"a": [0.9, 0.8], "b": [0.7, 0.6]}, metric="cmc_1"),
+              frame_of({"a": [0.2, 0.3], "b": [0.4, 0.5]}, metric="mAP")]
+    comparison = compare(pd.concat(frames, ignore_index=True))
+    assert comparison.primary == "mAP"
+    ranks = comparison.summary[comparison.summary["metric"] == "mAP"].set_index("method")["rank"]
+    assert ranks["b"] < ranks["a"]

@@ -152,6 +152,9 @@ def test_concat_images_index_like_one_array() -> None:
      "spcl needs unlabeled target, which setting 'dg' does not give"),
     ({"methods": [{"name": "p", "method": "ptl"}]}, "methods.0.method",
      "cached pooled features (model.trunk: none) cannot serve it"),
+    ({"methods": [{"name": "d", "method": "dimn"}],
+      "train": {"m_per_class": 1, "batch_size": 32}}, "train.m_per_class",
+     "DIMN needs at least 2 images per identity"),
     ({"setting": {"kind": "uda", "source": ["sans"]}}, "setting",
      "needs non-empty `source` and `target` lists"),
     ({"setting": {"kind": "uda", "source": ["sans"], "target": ["sans"]}}, "setting",
@@ -209,3 +212,25 @@ def test_junk_classes_are_ignored_in_reid_scoring() -> None:
     assert pool.meta["junk_labels"] == [3]
     ids = reid_ids(pool, np.arange(len(pool.labels)))
     np.testing.assert_array_equal(ids, [0, 0, 1, 1, 2, 2, -1, -1, 4, 4])
+
+
+@pytest.mark.parametrize("name", ["uda_glyphs", "dg_glyphs", "uda_emoji", "duke_to_market",
+                                  "market_to_duke"])
+def test_setting_protocols_validate_and_dry_run(name: str) -> None:
+    """The shipped uda/dg protocols are valid and plan without data (GPU ones: no datasets)."""
+    from bench.methods import method_class
+    from bench.runner import describe_plan
+
+    root = Path(__file__).resolve().parents[1] / "protocols"
+    plan = plan_protocol(root / f"{name}.yaml")
+    text = describe_plan(plan)
+    p = plan.protocol
+    assert p.setting.kind in ("uda", "dg")
+    runs = p.budget.trials * p.folds + p.reproductions * p.folds
+    assert f"total: {runs * len(p.methods)} training runs" in text
+    names = {m.method for m in p.methods}
+    if p.setting.kind == "uda":  # the four re-ID methods and >= 4 PML baselines
+        assert {"ecn", "spcl", "dimn", "ptl"} <= names
+        assert sum(m.method == "pml_loss" for m in p.methods) >= 4
+    else:
+        assert not any("unlabeled_target" in method_class(m).requires for m in names)

@@ -30,9 +30,11 @@ from bench.protocol import METRICS
 
 GROUPS = ["setting", "dataset", "split"]
 DEFAULT_METRICS = ["mean_average_precision_at_r", "precision_at_1", "r_precision", "nmi"]
+#: uda / dg results (re-ID rules): mAP first, so it is the metric methods are ranked by
+REID_DEFAULT_METRICS = ["mAP", "cmc_1", "cmc_5", "cmc_10"]
 SHORT = {"precision_at_1": "P@1", "r_precision": "R-Prec", "mean_average_precision_at_r": "MAP@R",
          "recall_at_1": "R@1", "recall_at_2": "R@2", "recall_at_4": "R@4", "recall_at_8": "R@8",
-         "nmi": "NMI"}
+         "nmi": "NMI", "cmc_1": "R1", "cmc_5": "R5", "cmc_10": "R10"}
 TESTS = {"t": "p_t", "wilcoxon": "p_wilcoxon"}
 TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 
@@ -73,7 +75,8 @@ def present_metrics(frame: pd.DataFrame, metrics: list[str] | None = None) -> li
                              f"{', '.join(sorted(have))})", field="metric")
         return list(metrics)
     chosen = [m for m in DEFAULT_METRICS if m in have]
-    return chosen or [m for m in METRICS if m in have]
+    return chosen or [m for m in REID_DEFAULT_METRICS if m in have] or [
+        m for m in METRICS if m in have]
 
 
 def summarize(frame: pd.DataFrame, *, model: str | None = None, metrics: list[str] | None = None,

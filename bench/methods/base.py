@@ -111,6 +111,11 @@ class Method(ABC):
     def validate_params(cls, params: dict[str, Any], *, source: str, field: str) -> Any:
         """Check a protocol entry's ``params``; raise BenchError naming the bad key."""
 
+    @classmethod
+    def check_train(cls, train: Any, *, source: str) -> None:
+        """Refuse a protocol's ``train`` section the method cannot run with (before any work)."""
+        return None
+
     @abstractmethod
     def __init__(self, params: Any, *, num_classes: int, embedding_size: int) -> None:
         """No work here beyond building small modules: data arrives in ``setup``."""

@@ -164,6 +164,10 @@ class DIMN(Method):
                 f"DIMN needs at least 2 images per identity in a batch (one gallery, one probe), "
                 f"got m_per_class {m_per_class}", source=source, field="train.m_per_class")
 
+    @classmethod
+    def check_train(cls, train, *, source: str) -> None:
+        cls.check_m_per_class(train.m_per_class, source=source)
+
     def __init__(self, params: DIMNParams, *, num_classes: int, embedding_size: int) -> None:
         self.params = params
         self.num_classes = num_classes

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 
 #: Raster formats a dataset image may have; anything else is refused before decoding.
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -122,7 +122,7 @@ def open_rgb(path: Path, *, draft: tuple[int, int] | None = None) -> Image.Image
         with Image.open(path, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels():
-                raise BenchError(
+                raise DataError(
                     f"image of {width}x{height} pixels exceeds the {max_pixels():,}-pixel limit "
                     "(possible decompression bomb)",
                     source=str(path),
@@ -133,13 +133,13 @@ def open_rgb(path: Path, *, draft: tuple[int, int] | None = None) -> Image.Image
             rgb.load()
             return rgb
     except FileNotFoundError:
-        raise BenchError("image file is missing", source=str(path)) from None
+        raise DataError("image file is missing", source=str(path)) from None
     except UnidentifiedImageError:
-        raise BenchError(
+        raise DataError(
             f"not a readable image (accepted formats: {', '.join(IMAGE_FORMATS)})",
             source=str(path),
         ) from None
     except Image.DecompressionBombError as error:
-        raise BenchError(f"refused as a decompression bomb ({error})", source=str(path)) from None
+        raise DataError(f"refused as a decompression bomb ({error})", source=str(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise BenchError(f"corrupt or unreadable image ({error})", source=str(path)) from None
+        raise DataError(f"corrupt or unreadable image ({error})", source=str(path)) from None
