@@ -41,6 +41,7 @@ from bench.jobs import JobFailed, completed_results, job_step
 from bench.methods import method_class, validate_method
 from bench.methods.base import DATA_LABELS
 from bench.models import BACKBONES
+from bench.precision import check_precision
 from bench.protocol import (
     DML_METRICS,
     METRICS,
@@ -166,6 +167,10 @@ def plan_protocol(path: str | Path) -> Plan:
     _check_sequence_spec(protocol, source)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
+    try:
+        check_precision(protocol.train.precision, pick_device(protocol.device))
+    except ValueError as error:
+        raise BenchError(str(error), source=source, field="train.precision") from None
     text = Path(path).read_text(encoding="utf-8")
     return Plan(protocol, source, digest, text, params)
 
@@ -570,6 +575,8 @@ class ProtocolRun:
             "backbone": self.p.model.backbone,
             "weights": ctx.inputs.weights,
             "device": str(self.device),
+            "precision": self.p.train.precision,
+            "channels_last": self.p.train.channels_last,
             "bench": bench.__version__,
             "torch": torch.__version__,
             "pml": pytorch_metric_learning.__version__,
