@@ -283,3 +283,24 @@ def test_precision_recorded_in_provenance(write_protocol, tmp_path: Path) -> Non
     assert main(["run", str(protocol), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
     rows = pd.read_csv(tmp_path / "r" / "tiny" / "results.csv")
     assert set(rows["precision"]) == {"bf16"} and set(rows["channels_last"]) == {True}
+
+
+def test_lazy_images_decode_in_forked_dataloader_workers(tmp_path: Path) -> None:
+    """LazyImages' decode pool is per process: a forked DataLoader worker must not wait on the
+    parent's (threadless) pool."""
+    data = image_data(tmp_path / "tree")
+    expected = data.source[np.arange(8)]  # starts the parent's decode pool first
+    loader = torch.utils.data.DataLoader(_Rows(data.source), batch_size=None, num_workers=1,
+                                         timeout=60, multiprocessing_context="fork")
+    assert torch.equal(next(iter(loader)), expected)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[np.arange(8)]
