@@ -165,3 +165,27 @@ def test_bad_embedding_files_lose_nothing_else(finished_run: Path, tmp_path: Pat
             assert path.read_bytes() == data, path  # nothing written over
     record = json.loads(sorted(copy.glob("runs/**/seed0.json"))[0].read_text(encoding="utf-8"))
     assert record["rows"]
+
+
+@pytest.mark.slow
+def test_report_shows_the_embedding_space_of_the_top_methods(finished_run: Path,
+                                                             tmp_path: Path) -> None:
+    from bench.analysis.embedding_plot import class_subset, top_methods
+    from bench.analysis.report import report
+
+    written = report(finished_run, out=tmp_path / "rep", claims=[])
+    page = written[0].read_text(encoding="utf-8")
+    assert "t-SNE" in page and 'data-figure="tiny_glyphs_embeddings"' in page
+    rows = pd.read_csv(finished_run / "results.csv")
+    best = top_methods(rows, "mean_average_precision_at_r")
+    means = rows[(rows["model"] == "concatenated")
+                 & (rows["metric"] == "mean_average_precision_at_r")].groupby("method")["value"]
+    assert best[0] == means.mean().idxmax()
+    assert f"({', '.join(best)};" in page
+    assert list(class_subset(np.arange(100))) == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    # without saved embeddings, no picture (and no error)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "results.csv").write_bytes((finished_run / "results.csv").read_bytes())
+    page = report(bare, out=tmp_path / "rep2", claims=[])[0].read_text(encoding="utf-8")
+    assert "t-SNE" not in page
