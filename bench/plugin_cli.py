@@ -16,7 +16,7 @@ def cmd_methods_list(args: argparse.Namespace) -> int:
         print(f"  {name:24s} {origin}")
     for kind, builtin in (("losses", LOSSES), ("miners", MINERS)):
         found = plugins.discover(kind, set(builtin))
-        print(f"{kind} (pml_loss `{kind[:-2] if kind == 'losses' else kind[:-1]}:`): "
+        print(f"{kind} (pml_loss `{plugins.SINGULAR[kind]}:`): "
               f"{len(builtin)} from pytorch-metric-learning ({plugins.BUILTIN})"
               + ("" if found else "; no plug-ins installed"))
         for name, plugin in sorted(found.items()):

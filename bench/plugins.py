@@ -31,6 +31,7 @@ from bench.errors import BenchError
 
 GROUPS = {"methods": "bench.methods", "losses": "bench.losses", "miners": "bench.miners",
           "datasets": "bench.datasets"}
+SINGULAR = {"methods": "method", "losses": "loss", "miners": "miner", "datasets": "dataset"}
 BUILTIN = "built-in"
 
 
@@ -75,12 +76,12 @@ def discover(kind: str, builtins: set[str] | frozenset[str] = frozenset()) -> di
         plugin = Plugin(ep.name, group, dist.metadata["Name"] if dist else "<unknown>",
                         dist.version if dist else "?", ep)
         if ep.name in builtins:
-            raise BenchError(f"{kind[:-1]} name {ep.name!r} is claimed by both bench "
+            raise BenchError(f"{SINGULAR[kind]} name {ep.name!r} is claimed by both bench "
                              f"({BUILTIN}) and {plugin.origin}; rename the entry point or "
                              f"uninstall {plugin.distribution}", source=f"entry points {group}")
         other = found.get(ep.name)
         if other is not None and other.distribution != plugin.distribution:
-            raise BenchError(f"{kind[:-1]} name {ep.name!r} is claimed by two installed "
+            raise BenchError(f"{SINGULAR[kind]} name {ep.name!r} is claimed by two installed "
                              f"distributions, {other.origin} and {plugin.origin}; uninstall one",
                              source=f"entry points {group}")
         found.setdefault(ep.name, plugin)
@@ -89,7 +90,7 @@ def discover(kind: str, builtins: set[str] | frozenset[str] = frozenset()) -> di
 
 def unknown_name(kind: str, name: str, known: list[str], *, source: str, field: str) -> BenchError:
     """The one-line error for a name that is neither built in nor an installed plug-in."""
-    return BenchError(f"unknown {kind[:-1]} {name!r}: neither built in nor declared by an "
+    return BenchError(f"unknown {SINGULAR[kind]} {name!r}: neither built in nor declared by an "
                       f"installed distribution under entry-point group {GROUPS[kind]!r} "
                       f"(known: {', '.join(sorted(known))})", source=source, field=field)
 

@@ -461,6 +461,11 @@ class ProtocolRun:
             else:
                 study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
                                             direction="maximize", load_if_exists=True)
+                self.describe(study, ctx, spec, "search", {
+                    "searched": {k: v.model_dump(exclude_none=True) for k, v in spec.search.items()},
+                    "budget": f"{self.p.budget.trials} completed trials, {self.p.budget.sampler} "
+                              f"seed {self.p.budget.seed}, max_failures "
+                              f"{self.p.budget.max_failures}"})
                 step = search_step(study, spec.search, self.p.budget, self.objective(ctx, spec))
                 if step.state != "done":
                     return step.state
@@ -471,8 +476,18 @@ class ProtocolRun:
                 direction="maximize", load_if_exists=True)
             if "jobs" not in w.study.user_attrs:
                 w.study.set_user_attr("jobs", self.jobs(ctx))  # for `bench status`
+            self.describe(w.study, ctx, spec, "test", {"chosen": w.state.params})
         return job_step(w.study, self.jobs(ctx),
                         lambda job: self.run_job(ctx, spec, w.state.params, job))
+
+    def describe(self, study, ctx: DatasetContext, spec: MethodSpec, phase: str,
+                 details: dict[str, Any]) -> None:
+        """What optuna-dashboard shows beside the study (bench.dashboard)."""
+        from bench.dashboard import describe_study
+
+        describe_study(study, phase=phase, protocol=self.p.name, dataset=ctx.name,
+                       method=spec.name, implementation=spec.method, split=ctx.default.id,
+                       metric=self.p.evaluation.primary, details=details)
 
     def objective(self, ctx: DatasetContext, spec: MethodSpec):
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
