@@ -231,6 +231,13 @@ class BudgetSpec(Section):
     max_failures: int = Field(3, ge=0)
 
 
+class SaveSpec(Section):
+    """What a test reproduction keeps beside its run file (see bench.embeddings)."""
+
+    embeddings: Literal["float16", "float32", "none"] = "float16"
+    checkpoints: Literal["none", "best", "last"] = "none"
+
+
 class Protocol(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -249,6 +256,7 @@ class Protocol(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     methods: list[MethodSpec] = Field(min_length=1)
+    save: SaveSpec = Field(default_factory=SaveSpec)
 
     @field_validator("methods")
     @classmethod
