@@ -176,7 +176,7 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
                    device=device, augment=augment, progress=progress, description=description)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model, plugin, consumed)
+                      result.history, model, plugin, rows.data.kinds)
 
 
 def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:

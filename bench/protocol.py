@@ -184,6 +184,8 @@ class MethodSpec(Section):
     params: dict[str, Any] = Field(default_factory=dict)
     #: dotted paths into ``params`` (or ``loss_optimizer.lr``) -> search dimension
     search: dict[str, SearchDimension] = Field(default_factory=dict)
+    #: this entry is the named entry's own ablation: the summary shows the paired difference
+    ablation_of: str | None = None
 
 
 class SettingSpec(Section):
@@ -249,6 +251,11 @@ class Protocol(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
+        for m in methods:
+            if m.ablation_of is not None and (m.ablation_of == m.name
+                                              or m.ablation_of not in names):
+                raise ValueError(f"{m.name}: ablation_of {m.ablation_of!r} names no other "
+                                 "method of the protocol")
         return methods
 
     @model_validator(mode="after")

@@ -414,8 +414,10 @@ class ProtocolRun:
         work = []
         for spec in self.p.methods:
             state = self.states.setdefault((ctx.name, spec.name), MethodState())
-            state.data = ctx.layout.describe_kinds(
-                method_class(spec.method).consumed(ctx.layout.kinds))
+            consumed = method_class(spec.method).consumed(ctx.layout.kinds)
+            if ctx.inputs.frozen:  # cached features: no image to render a camera view from
+                consumed = consumed - {"camera_views"}
+            state.data = ctx.layout.describe_kinds(consumed)
             work.append(MethodWork(spec, state))
         bar = tqdm(total=len(work), desc=f"{self.p.name} {ctx.name}: methods done",
                    disable=not self.options.progress, dynamic_ncols=True)

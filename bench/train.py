@@ -161,10 +161,10 @@ def train(
             batch.target_index = torch.as_tensor(rows).to(device)
             if data.target_cameras is not None:
                 batch.target_cameras = torch.as_tensor(data.target_cameras[rows]).to(device)
-            if data.camera_views is not None:
-                views = np.array([data.camera_views[r][rng.integers(len(data.camera_views[r]))]
-                                  if len(data.camera_views[r]) else r for r in rows])
-                batch.target_views = _to_device(data.target, views, device, augment, generator)
+            if data.camera_views is not None:  # each row re-imaged by another camera
+                views = data.camera_views.draw(data.target[rows], data.target_cameras[rows], rng)
+                batch.target_views = _to_device(views, np.arange(len(rows)), device, augment,
+                                                generator)
         loss = method.loss(model, batch)
         value = loss.item()  # one host sync per step: the divergence check and the running mean
         if not math.isfinite(value):
