@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bench.data import glyph_cameras, load_dataset
 from bench.data.camera_style import CameraViews, ColourStatistics, ImagingConditions
@@ -25,7 +26,6 @@ from bench.methods import method_class
 from bench.protocol import SettingSpec, parse_protocol
 from bench.settings import build_camera_views, fold_rows, resolve_layout
 from bench.splits import ClassSplit
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1] / "protocols"
 EMBEDDED = ("glyphs", "emoji", "glyph_cameras")
