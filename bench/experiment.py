@@ -8,7 +8,7 @@ data its setting offers and it declares.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from bench.augment import make_augment
 from bench.data.merge import junk_classes
 from bench.data.records import ImageDataset
 from bench.evaluate import evaluate_reid, evaluate_retrieval
+from bench.evaluate.pseudo_labels import pseudo_label_quality
 from bench.features import trunk_features
 from bench.methods import method_class
 from bench.methods.base import Method, ScoreFn
@@ -130,6 +131,7 @@ class FoldResult:
     model: nn.Module  # the (method-wrapped) network with its best state loaded
     method: Method
     data_used: frozenset[str]
+    epochs: list[dict[str, float]] = field(default_factory=list)  # pseudo-label audit
 
 
 def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
@@ -167,16 +169,24 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:
-        return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
-                          nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
-                          device=device)[primary]
+        with plugin.evaluation_domain(m, "source"):  # held-out labeled (source) identities
+            return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
+                              nmi=primary == "nmi", seed=seed,
+                              batch_size=train_spec.eval_batch_size, device=device)[primary]
+
+    truth = ds.labels[rows.target_rows]  # audit only: never given to the method
+
+    def monitor(method: Method) -> dict[str, float]:
+        pseudo = method.pseudo_labels()
+        return {} if pseudo is None else pseudo_label_quality(pseudo[0], pseudo[1], truth)
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
-                   device=device, augment=augment, progress=progress, description=description)
+                   device=device, augment=augment, progress=progress, description=description,
+                   epoch_monitor=monitor)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model, plugin, rows.data.kinds)
+                      result.history, model, plugin, rows.data.kinds, result.epochs)
 
 
 def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:

@@ -512,9 +512,11 @@ class ProtocolRun:
                 for model, values_ in metrics.items()
                 for metric, value in values_.items() if metric in METRICS]
         history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+        epochs = [{"fold": i, **e} for i, r in enumerate(results) for e in r.epochs]
         headline = "concatenated" if "concatenated" in metrics else "separate"
         score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
-        return score, {"params": values, "rows": rows, "history": history}
+        return score, {"params": values, "rows": rows, "history": history,
+                       **({"pseudo_labels": epochs} if epochs else {})}
 
     def materialize(self, ctx: DatasetContext, w: MethodWork) -> None:
         """Write the method's run files from the storage (atomically; unchanged files kept)."""
@@ -645,11 +647,30 @@ class ProtocolRun:
                           "FID sequence (mean over reproductions; * = default split)", ""]
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)
+            pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
+            if pairs:
+                from bench.analysis.ablation import ablation_table
+
+                lines += ["", f"## {name}: adaptation gain over each method's own ablation "
+                          f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
+                          "t-interval)", ""]
+                lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
+            audit = pseudo_label_audit(self.dir / "runs", name, order)
+            if audit:
+                lines += ["", f"## {name}: target pseudo-labels per epoch against the hidden "
+                          "target training identities (audit only, mean over seeds; purity "
+                          "over clustered rows)", ""] + audit
             if failures:
                 lines += ["", "Failed methods:", ""]
                 lines += [f"- {m}: {reason}" for m, reason in failures.items()]
             lines.append("")
         return "\n".join(lines)
+
+
+def pseudo_label_audit(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+    from bench.analysis.ablation import pseudo_label_table
+
+    return pseudo_label_table(runs, dataset, methods) if runs.is_dir() else []
 
 
 def run_protocol(path: str | Path, options: RunOptions | None = None

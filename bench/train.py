@@ -36,6 +36,8 @@ class TrainResult:
     best_iteration: int
     iterations_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+    #: per epoch, what ``epoch_monitor`` measured after the method's ``on_epoch``
+    epochs: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(spec: OptimizerSpec, groups: list[dict]) -> torch.optim.Optimizer:
@@ -99,6 +101,7 @@ def train(
     augment: Augment | None = None,
     progress: bool = True,
     description: str = "train",
+    epoch_monitor: Callable[[Method], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method``; keep the state with the best validation score.
 
@@ -143,6 +146,8 @@ def train(
         epoch, position = divmod(step - 1, epoch_len)
         if position == 0:
             method.on_epoch(epoch, model, data, embed=run_embed)
+            if epoch_monitor is not None and (measured := epoch_monitor(method)):
+                best.epochs.append({"epoch": epoch, "iteration": step - 1, **measured})
             model.train()
             if data.target is not None:
                 target_rows = method.target_sampler(epoch, epoch_len, spec.batch_size, rng)

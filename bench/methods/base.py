@@ -25,6 +25,7 @@ training) and ``optional`` (used when present). It receives exactly the kinds in
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,6 +161,17 @@ class Method(ABC):
 
     def after_step(self, batch: Batch) -> None:
         """After the optimiser step, without gradient: memory updates."""
+        return None
+
+    def evaluation_domain(self, model: nn.Module,
+                          domain: str) -> contextlib.AbstractContextManager:
+        """Context for scoring data of ``domain`` ("source": validation on held-out source
+        identities; "target": the test) with ``model``; domain-specific layers route by it."""
+        return contextlib.nullcontext()
+
+    def pseudo_labels(self) -> tuple[np.ndarray, int] | None:
+        """The current target pseudo-labels (0..K-1 clusters, then one id per outlier) and K,
+        for the harness's audit of clustering quality (None: the method has none)."""
         return None
 
     def score_fn(self, model: nn.Module, device: torch.device) -> ScoreFn | None:

@@ -60,6 +60,9 @@ class ECN(Method):
     Market's 6 cameras) for a view rendered as one of the other ``C - 1`` cameras, drawn
     uniformly; a number in [0, 1] overrides it for every row.
 
+    ``lam`` = 0 is ECN's own source-only ablation (the source classifier alone: no target
+    forward, loss or memory update).
+
     Harness constants (not in the paper): ``alpha_max`` = 0.59 caps alpha at the largest value
     of the authors' 60-epoch schedule (0.01 x 59), since harness runs can have more epochs and
     alpha >= 1 would freeze or invert the memory. Photometric fallback (no ``camera_views``):
@@ -221,7 +224,7 @@ class ECN(Method):
         if batch.source is not None:
             logits = self.classifier(model(batch.source))
             total = total + (1 - self.p.lam) * F.cross_entropy(logits, batch.labels)
-        if batch.target is not None:
+        if batch.target is not None and self.p.lam > 0:  # lam = 0: the source-only ablation
             features = model(self.target_inputs(batch))
             total = total + self.p.lam * self.target_loss(features, batch.target_index,
                                                           batch.epoch)
