@@ -242,11 +242,28 @@ def test_setting_protocols_validate_and_dry_run(name: str) -> None:
     text = describe_plan(plan)
     p = plan.protocol
     assert p.setting.kind in ("uda", "dg")
-    runs = p.budget.trials * p.folds + p.reproductions * p.folds
-    assert f"total: {runs * len(p.methods)} training runs" in text
+    runs = sum((p.budget.trials * p.folds if m.search else 0) + p.reproductions * p.folds
+               for m in p.methods)  # unsearched entries (the ablations) only retrain
+    assert f"total: {runs} training runs" in text
     names = {m.method for m in p.methods}
     if p.setting.kind == "uda":  # the four re-ID methods and >= 4 PML baselines
         assert {"ecn", "spcl", "dimn", "ptl"} <= names
         assert sum(m.method == "pml_loss" for m in p.methods) >= 4
     else:
         assert not any("unlabeled_target" in method_class(m).requires for m in names)
+    for m in p.methods:  # every adaptation method is paired with its own ablation
+        if m.method in ("ecn", "spcl") and m.ablation_of is None:
+            assert any(a.ablation_of == m.name for a in p.methods), m.name
+
+
+def test_ablation_protocol_pairs_each_method_with_itself(write_protocol) -> None:
+    root = Path(__file__).resolve().parents[1] / "protocols"
+    p = plan_protocol(root / "uda_glyph_cameras.yaml").protocol
+    pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
+    assert pairs == {"ecn_source_only": "ecn", "spcl_source_only": "spcl"}
+    by_name = {m.name: m for m in p.methods}
+    assert all(by_name[a].method == by_name[m].method for a, m in pairs.items())
+    assert p.reproductions >= 3
+    with pytest.raises(BenchError, match="ablation_of 'nope'"):
+        plan_protocol(write_protocol({"methods": [
+            {"name": "a", "params": {"loss": "ContrastiveLoss"}, "ablation_of": "nope"}]}))
