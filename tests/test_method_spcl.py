@@ -375,20 +375,27 @@ def test_on_epoch_applies_the_reliability_filter(monkeypatch) -> None:
     assert calls[1][3] == method.threshold  # frozen after the first clustering
 
 
-def test_reliability_filter_rejects_a_cluster_in_on_epoch() -> None:
-    """Data-driven: with independence_keep 0.5 the least independent of 3 clusters dissolves."""
-    target, _ = clustered(3, 8, 8, seed=9, spread=0.05)
-    method = make({**SMALL, "independence_keep": 0.5}, num_classes=0)
-    method.target_memory = F.normalize(target, dim=1)
-    distance = jaccard_distance(method.target_memory.numpy(), k1=6, k2=3)
+def test_reliability_filter_acts_inside_on_epoch() -> None:
+    """Data-driven: a cluster made of two nearby blobs plus a far blob; with eps_gap 0.3 the
+    tight clustering splits them, so the compactness criterion rejects members that raw DBSCAN
+    keeps. on_epoch returns the filtered labels, not the raw ones."""
     from sklearn.cluster import DBSCAN
 
+    g = np.random.default_rng(3)
+    c1, c3 = g.normal(size=8), 3 * g.normal(size=8)
+    x = np.concatenate([c1 + 0.05 * g.normal(size=(8, 8)),
+                        c1 + 0.3 * np.eye(8)[0] + 0.05 * g.normal(size=(4, 8)),
+                        c3 + 0.05 * g.normal(size=(8, 8))]).astype(np.float32)
+    method = make({**SMALL, "eps_gap": 0.3}, num_classes=0)
+    method.target_memory = F.normalize(torch.as_tensor(x), dim=1)
+    distance = jaccard_distance(method.target_memory.numpy(), k1=6, k2=3)
     raw = [DBSCAN(eps=e, min_samples=4, metric="precomputed").fit_predict(distance)
-           for e in (0.6, 0.58, 0.62)]
-    expected, _ = reliable_clusters(*raw, None, keep=0.5)
+           for e in (0.6, 0.3, 0.9)]
+    expected, _ = reliable_clusters(*raw, None, keep=0.9)
+    assert np.any(expected != raw[0])  # the criterion rejects something here
     method.on_epoch(0, nn.Identity(), TrainData(), embed=None)
     np.testing.assert_array_equal(method.pseudo, compact_labels(expected)[0])
-    assert method.num_clusters == compact_labels(expected)[1]
+    assert not np.array_equal(method.pseudo, compact_labels(raw[0])[0])
 
 
 def test_validation_on_source_data_uses_the_source_batchnorm() -> None:
