@@ -651,7 +651,7 @@ class ProtocolRun:
             if pairs:
                 from bench.analysis.ablation import ablation_table
 
-                lines += ["", f"## {name}: adaptation gain over each method's own ablation "
+                lines += ["", f"## {name}: each method against its own ablation "
                           f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
                           "t-interval)", ""]
                 lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
