@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,6 @@ from bench.protocol import (
     load_protocol,
 )
 from bench.results import (
-    collect_rows,
     read_json,
     sequence_table,
     summary_table,
@@ -61,12 +59,15 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
+from bench.results_source import read_protocol_copy, rows_of
+from bench.safe_paths import confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
 from bench.splits.kfold import kfold_splits, split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
 from bench.train import DivergedError
+from bench.yaml_file import read_text_bounded
 
 
 @dataclass
@@ -166,7 +167,7 @@ def plan_protocol(path: str | Path) -> Plan:
     _check_sequence_spec(protocol, source)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text_bounded(path, what="protocol")  # the size and encoding checks again
     return Plan(protocol, source, digest, text, params)
 
 
@@ -308,7 +309,10 @@ class ProtocolRun:
         self.plan = plan
         self.p = plan.protocol
         self.options = options
-        self.dir = options.results_root / self.p.name
+        self.dir = protocol_dir(options.results_root, self.p.name)  # confined, links resolved
+        #: (pool, method) -> job -> result document, as read from the storage: the only
+        #: source of results.csv and summary.md (run files are written from it, never read)
+        self.stored: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.device = pick_device(self.p.device)
         self.states: dict[tuple[str, str], MethodState] = {}
         self.splits: dict[str, list[NamedSplit]] = {}
@@ -318,11 +322,11 @@ class ProtocolRun:
     # -- set-up -------------------------------------------------------------------------------
     def prepare_directory(self) -> None:
         """Refuse to mix results of a changed protocol; --fresh starts over. Writes nothing."""
-        copy = self.dir / "protocol.yaml"
-        if self.options.fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        if copy.is_file():
-            previous = copy.read_text(encoding="utf-8")
+        copy = confined(self.dir, "protocol.yaml")
+        if self.options.fresh:
+            remove_written(self.dir)  # what a run writes there, and nothing else
+        if copy.exists():
+            previous = read_protocol_copy(copy)
             if previous != self.plan.protocol_text:
                 diff = "".join(difflib.unified_diff(
                     previous.splitlines(True), self.plan.protocol_text.splitlines(True),
@@ -334,12 +338,12 @@ class ProtocolRun:
 
     def record_protocol(self) -> None:
         """Keep the protocol as first run beside its results (after inputs proved loadable)."""
-        copy = self.dir / "protocol.yaml"
+        copy = confined(self.dir, "protocol.yaml")
         if not copy.is_file():
             write_text_atomically(copy, self.plan.protocol_text)
 
     def storage_url(self) -> str:
-        return self.options.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
+        return self.options.storage or f"sqlite:///{confined(self.dir, 'study.db')}"
 
     def load(self, name: str, dspecs: list[DatasetSpec]) -> DatasetContext:
         ds = merge_datasets([load_dataset(d.name, **d.options) for d in dspecs])
@@ -375,7 +379,7 @@ class ProtocolRun:
                                  field="split.file")
             document = read_split_file(path)
         else:
-            path = self.dir / "splits" / f"{dspec.name}-{spec.extractor}.json"
+            path = confined(self.dir, "splits", f"{dspec.name}-{spec.extractor}.json")
             if path.is_file():
                 document = read_split_file(path)
             else:
@@ -518,9 +522,15 @@ class ProtocolRun:
         """Write the method's run files from the storage (atomically; unchanged files kept)."""
         if w.study is None:
             return
-        for job, result in completed_results(w.study).items():
+        self.write_run_files(ctx.name, w.spec.name, completed_results(w.study))
+
+    def write_run_files(self, pool: str, method: str, results: dict[str, dict[str, Any]]) -> None:
+        """Keep ``results`` (from the storage) for the tables; write each as its run file,
+        confined to runs/, unless an identical file is there already."""
+        self.stored.setdefault((pool, method), {}).update(results)
+        for job, result in results.items():
             split_id, seed_text = job.split("/")
-            path = self.dir / "runs" / ctx.name / w.spec.name / split_id / f"{seed_text}.json"
+            path = confined(self.dir, "runs", pool, method, split_id, f"{seed_text}.json")
             if read_json(path) != result:
                 write_json(path, result)
 
@@ -529,12 +539,12 @@ class ProtocolRun:
         from bench.analysis.load import read_results
         from bench.analysis.ood import ood_figure
 
-        frame = read_results(self.dir / "results.csv")
+        frame = read_results(confined(self.dir, "results.csv"))
         for dspec in self.p.dataset_specs:
             figure = ood_figure(frame, dataset=dspec.name, metric=self.p.evaluation.primary)
             suffix = "" if len(self.p.dataset_specs) == 1 else f"_{dspec.name}"
             for extension in ("png", "svg"):
-                figure.savefig(self.dir / f"ood_curve{suffix}.{extension}", dpi=120)
+                figure.savefig(confined(self.dir, f"ood_curve{suffix}.{extension}"), dpi=120)
 
     def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
         return f"{self.p.name}:{ctx.name}:{spec.name}:{ctx.default.id}"
@@ -579,10 +589,20 @@ class ProtocolRun:
 
     # -- outputs ------------------------------------------------------------------------------
     def write_outputs(self) -> None:
-        rows = collect_rows(self.dir / "runs")
+        """results.csv and summary.md from the results read from the storage (``stored``);
+        a stray or edited file under runs/ cannot change them."""
+        rows = rows_of(self.stored)
         if rows:
-            write_table(self.dir / "results.csv", rows)
-        write_text_atomically(self.dir / "summary.md", self.summary(rows))
+            write_table(confined(self.dir, "results.csv"), rows)
+        write_text_atomically(confined(self.dir, "summary.md"), self.summary(rows))
+
+    def selection_sentence(self) -> str:
+        """How the trained state is chosen: early stopping only under ``checkpoint: best``."""
+        primary = self.p.evaluation.primary
+        if self.p.train.checkpoint == "last":
+            return (f"final state after {self.p.train.iterations} iterations (checkpoint `last`; "
+                    f"validation `{primary}` recorded, not used to stop or select).")
+        return f"early stopping on validation `{primary}`."
 
     def test_sentence(self) -> str:
         setting = self.p.setting
@@ -613,7 +633,7 @@ class ProtocolRun:
                  f"{p.model.embedding_size}-d; {p.folds} class-disjoint fold(s); search budget "
                  f"{p.budget.trials} completed trials per method ({p.budget.sampler}); "
                  f"{p.reproductions} reproduction(s) (seeds {', '.join(map(str, p.seeds))}); "
-                 f"early stopping on validation `{p.evaluation.primary}`.",
+                 f"{self.selection_sentence()}",
                  self.test_sentence() + " Values: mean ± 95 % t-interval over reproductions. "
                  f"Device {self.device}.", ""]
         for name, _ in p.pools:
