@@ -69,10 +69,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.feasibility import check_data
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)
     p = plan.protocol
+    for note in check_data(p, plan.source):  # class counts: folds and sampler batches
+        print(f"{args.protocol}: note: {note}")
     datasets = ", ".join(d.name for d in p.dataset_specs)
     print(f"{args.protocol}: valid — dataset(s) {datasets}, {len(p.methods)} methods "
           f"({', '.join(m.name for m in p.methods)}), {p.folds} fold(s), "

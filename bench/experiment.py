@@ -18,6 +18,7 @@ from torch import nn
 from bench.augment import make_augment
 from bench.data.merge import junk_classes
 from bench.data.records import ImageDataset
+from bench.errors import BenchError, DataError
 from bench.evaluate import evaluate_reid, evaluate_retrieval
 from bench.features import trunk_features
 from bench.methods import method_class
@@ -167,9 +168,15 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:
-        return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
-                          nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
-                          device=device)[primary]
+        try:
+            return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
+                              nmi=primary == "nmi", seed=seed,
+                              batch_size=train_spec.eval_batch_size, device=device)[primary]
+        except BenchError as error:
+            if error.field != "gallery_ids":
+                raise  # e.g. a method's NaN scores: its own failure
+            # the data cannot validate (no cross-camera match): not the method's failure
+            raise validation_data_error(error, protocol, ds, split) from None
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
@@ -177,6 +184,17 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
                       result.history, model, plugin, consumed)
+
+
+def validation_data_error(error: BenchError, protocol: Protocol, ds: ImageDataset,
+                          split: ClassSplit) -> DataError:
+    """The line for validation data that cannot be scored (e.g. re-ID validation identities
+    with no same-identity image from another camera): names validation and the source."""
+    source = ", ".join(protocol.setting.source) or ds.name
+    return DataError(f"validation ({split.name}, held-out identities of the source {source}) "
+                     f"cannot be scored: {error.reason}; choose source data whose identities "
+                     f"appear under several cameras, or more validation identities",
+                     source=f"dataset {ds.name}", field="split.validation_fraction")
 
 
 def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:

@@ -36,6 +36,7 @@ from bench.experiment import (
     fit_fold,
     prepare_inputs,
 )
+from bench.feasibility import check_sampler, make_folds
 from bench.jobs import JobFailed, completed_results, job_step
 from bench.methods import method_class, validate_method
 from bench.methods.base import DATA_LABELS
@@ -60,11 +61,11 @@ from bench.results import (
     write_text_atomically,
 )
 from bench.results_source import read_protocol_copy, rows_of
-from bench.safe_paths import confined, protocol_dir, remove_written
+from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
-from bench.splits.kfold import kfold_splits, split_hash
+from bench.splits.kfold import split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
 from bench.train import DivergedError
 from bench.yaml_file import read_text_bounded
@@ -325,6 +326,7 @@ class ProtocolRun:
         copy = confined(self.dir, "protocol.yaml")
         if self.options.fresh:
             remove_written(self.dir)  # what a run writes there, and nothing else
+        check_tree(self.dir)  # no link out of it, writable: refused before any work
         if copy.exists():
             previous = read_protocol_copy(copy)
             if previous != self.plan.protocol_text:
@@ -353,11 +355,15 @@ class ProtocolRun:
         else:
             splits = [NamedSplit("standard", layout.train_classes, layout.test_classes)]
         default = next(s for s in splits if s.is_default)
+        folds = self.make_folds(default, pool=name)  # class counts checked before any work
         inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
-        return DatasetContext(name, ds, layout, inputs, splits, self.make_folds(default))
+        return DatasetContext(name, ds, layout, inputs, splits, folds)
 
-    def make_folds(self, split: NamedSplit) -> list[ClassSplit]:
-        return kfold_splits(split.train, split.test, self.p.folds, self.p.validation_fraction())
+    def make_folds(self, split: NamedSplit, pool: str = "") -> list[ClassSplit]:
+        folds = make_folds(self.p, split.train, split.test, source=self.plan.source,
+                           pool=pool or self.p.name, split_id=split.id)
+        check_sampler(self.p, folds, source=self.plan.source, pool=pool or self.p.name)
+        return folds
 
     def resolve_splits(self, dspec: DatasetSpec, ds: ImageDataset) -> list[NamedSplit]:
         """The standard split, or the FID sequence from its file (made here if none is given)."""
@@ -399,6 +405,11 @@ class ProtocolRun:
         if self.writes_results:
             self.prepare_directory()
         storage = None
+        if self.options.storage or confined(self.dir, "study.db").exists():
+            # an existing storage is checked before any work (a damaged one: exit 3); a new
+            # default one is created only once the inputs proved loadable
+            storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                   grace=self.options.grace)
         for name, dspecs in self.p.pools:
             ctx = self.load(name, dspecs)
             if self.writes_results:

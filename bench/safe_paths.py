@@ -109,3 +109,23 @@ def _remove_tree(path: Path, base: Path) -> None:
         raise StateError(f"resolves outside {base}; not deleting it: remove the link",
                          source=str(path))
     shutil.rmtree(path)
+
+
+def check_tree(folder: Path) -> None:
+    """Before any work: no symbolic link under ``folder`` may lead outside it (a linked
+    ``runs/`` would receive run files elsewhere), and the folder must be writable."""
+    base = Path(os.path.realpath(folder))
+    if folder.exists():
+        for dirpath, dirnames, filenames in os.walk(folder):  # links are not followed
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                if path.is_symlink() and not inside(path, base):
+                    raise StateError(f"is a symbolic link to {os.readlink(path)}, outside "
+                                     f"{folder}; results are written only inside it: remove "
+                                     "the link (or re-run with --fresh)", source=str(path))
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StateError("is not writable: fix its permissions or choose another --results",
+                         source=str(existing))
