@@ -47,9 +47,10 @@ def load_verified(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]
         kind = "a broken link" if path.is_symlink() else "not a regular file"
         return None, kind
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                return None, "not a cache archive (a bare array without its digest)"
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return None, "not a cache archive (a bare array without its digest)"
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
         return None, f"unreadable ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
@@ -68,14 +69,22 @@ def save_verified(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         note(path, "is not a regular file", "using the rebuilt data without caching it "
              "(remove it to cache again)")
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays, **{DIGEST_KEY: np.array(arrays_sha256(arrays))})
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable
         os.replace(tmp, path)
+    except OSError as error:  # a full or read-only cache: the data is good, only not kept
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        note(path, f"cannot be written ({error.strerror or error})", "using the data without "
+             "caching it")
+        return False
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return True

@@ -78,10 +78,11 @@ class BoundedLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=False)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
+                seen.setdefault(key, key_node.start_mark.line + 1)
             except TypeError:
                 continue  # an unhashable key: SafeLoader reports it itself
-            if first != key_node.start_mark.line + 1:
+            if first is not None:
                 raise _Refused(f"duplicate key {key!r} (first given on line {first}; YAML would "
                                "silently keep the last)", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
