@@ -67,6 +67,7 @@ from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
 from bench.splits.kfold import split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
+from bench.state import delete_protocol_studies
 from bench.train import DivergedError
 from bench.yaml_file import read_text_bounded
 
@@ -410,6 +411,8 @@ class ProtocolRun:
             # default one is created only once the inputs proved loadable
             storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
                                    grace=self.options.grace)
+            if self.options.fresh and self.options.storage and self.writes_results:
+                delete_protocol_studies(storage, self.p.name)  # this protocol's, no other
         for name, dspecs in self.p.pools:
             ctx = self.load(name, dspecs)
             if self.writes_results:

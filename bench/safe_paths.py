@@ -21,7 +21,7 @@ _NAME = re.compile(NAME_PATTERN)
 #: what a run writes directly under RESULTS/<name>/ (``--fresh`` removes these and no more)
 WRITTEN_FILES = ("protocol.yaml", "results.csv", "summary.md", "study.db", "study.db-journal",
                  "study.db-wal", "study.db-shm")
-WRITTEN_DIRS = ("runs",)
+WRITTEN_DIRS = ("runs", "splits")
 WRITTEN_PATTERNS = ("ood_curve*.png", "ood_curve*.svg", ".*.tmp")
 
 

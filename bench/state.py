@@ -103,3 +103,19 @@ def check_grace(grace: int | None, *, field: str = "--grace") -> None:
     if grace is not None and not 1 <= grace <= 7 * 24 * 3600:
         raise BenchError(f"must be between 1 and {7 * 24 * 3600} seconds, got {grace}",
                          field=field)
+
+
+def delete_protocol_studies(storage: Any, protocol: str) -> list[str]:
+    """``--fresh`` with a shared ``--storage``: delete this protocol's studies (named
+    ``<protocol>:...``) and no other; returns their names."""
+    import optuna
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage,
+                                                                  include_best_trial=False)
+             if s.study_name.startswith(f"{protocol}:")]
+    for name in names:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass  # another process deleted it first
+    return names

@@ -45,6 +45,7 @@ import sys
 import time
 import warnings
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -1156,3 +1157,24 @@ def test_reid_validation_without_cross_camera_match_names_validation_and_source(
     assert isinstance(error, DataError)
     line = str(error)
     assert "validation (fold0" in line and "source sans" in line and "glyphs" in line
+
+
+@pytest.mark.slow
+def test_fresh_with_a_shared_storage_deletes_this_protocols_studies_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    other = optuna.create_study(study_name="other:glyphs:m:standard", storage=url)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    protocol = write_protocol_file(tmp_path, SMALL)
+    results = tmp_path / "results"
+    assert run(protocol, results, "--storage", url) == 0
+    first = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(url)}
+    assert any(name.startswith("tiny:") for name in first)
+    between = datetime.now()
+    assert run(protocol, results, "--storage", url, "--fresh") == 0
+    again = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(url)}
+    assert again.keys() == first.keys()
+    for name in again:
+        starts = [t.datetime_start for t in optuna.load_study(study_name=name, storage=url
+                                                              ).get_trials(deepcopy=False)]
+        fresh = [start > between for start in starts]
+        assert all(fresh) if name.startswith("tiny:") else not any(fresh), name
