@@ -20,6 +20,8 @@ examples:
   bench run protocols/quick.yaml          train the quick protocol's losses on `glyphs`
   bench validate protocols/quick.yaml     check a protocol file without running it
   bench datasets list                     embedded and registered datasets, and availability
+  bench methods list                      methods, plug-in losses/miners and their origin
+  bench evaluate results/quick --recall-k 16   tables again from saved embeddings, no training
   bench datasets show glyphs              counts and a contact-sheet PNG
   bench datasets prepare cub200 --root D  check (or download) a real dataset copy
   bench datasets verify cub200 --root D   decode every image, list the bad ones
@@ -85,11 +87,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, dataset_names
+    from bench.data.registry import dataset_origin
 
     for name in dataset_names():
         info = dataset_info(name)
         state = "available" if info["available"] else "missing"
-        print(f"{name:12s} {state:9s} {info['where']}")
+        print(f"{name:12s} {state:9s} {info['where']} [{dataset_origin(name)}]")
     return 0
 
 
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("bench.splits.cli", fromlist=["cli"]).add_splits_parser(sub)  # bench splits ...
     __import__("bench.analysis.cli", fromlist=["cli"]).add_analysis_parsers(sub)  # audit, report
     __import__("bench.workers", fromlist=["workers"]).add_worker_parsers(sub)  # worker, launch..
+    __import__("bench.plugin_cli", fromlist=["x"]).add_methods_parser(sub)  # methods list
+    __import__("bench.evaluate_cli", fromlist=["x"]).add_evaluate_parser(sub)  # evaluate
     return parser
 
 

@@ -131,18 +131,27 @@ class FoldResult:
     model: nn.Module  # the (method-wrapped) network with its best state loaded
     method: Method
     data_used: frozenset[str]
+    #: the state at the end of training (only kept for ``save: {checkpoints: last}``)
+    last_state: dict[str, torch.Tensor] | None = None
 
 
 def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
                query: np.ndarray, gallery: np.ndarray | None, *, nmi: bool, seed: int,
-               batch_size: int, device: torch.device) -> dict[str, float]:
+               batch_size: int, device: torch.device,
+               sink: dict[str, list] | None = None) -> dict[str, float]:
     """Metrics of one model: retrieval with query = reference (``gallery`` None), else re-ID
-    query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one."""
+    query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one.
+    ``sink``: the embeddings are appended to its "query" / "gallery" lists (to be saved)."""
     score_fn = method.score_fn(model, device)
     q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device)
+    if sink is not None:
+        sink.setdefault("query", []).append(q)
+        sink.setdefault("score_fn", []).append(score_fn is not None)
     if gallery is None:
         return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn)
     g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device)
+    if sink is not None:
+        sink.setdefault("gallery", []).append(g)
     return evaluate_reid(q, ds.labels[query], ds.cameras[query], g, reid_ids(ds, gallery),
                          ds.cameras[gallery], score_fn=score_fn)
 
@@ -181,9 +190,11 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
                    device=device, augment=augment, progress=progress, description=description)
+    last = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if protocol.save.checkpoints == "last" else None)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model, plugin, consumed)
+                      result.history, model, plugin, consumed, last)
 
 
 def validation_data_error(error: BenchError, protocol: Protocol, ds: ImageDataset,
@@ -226,7 +237,8 @@ def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) ->
 
 def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
                   test_classes: np.ndarray, results: list[FoldResult], *, seed: int,
-                  device: torch.device) -> dict[str, dict[str, float]]:
+                  device: torch.device, sink: dict[str, list] | None = None
+                  ) -> dict[str, dict[str, float]]:
     """Test metrics per fold model, their mean ("separate") and, with several folds, of the
     fold models' L2-normalised embeddings concatenated ("concatenated"), as the Reality Check.
     ``dml``: query = reference = test classes; ``uda``/``dg``: target query -> gallery."""
@@ -240,7 +252,7 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
         return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in out]
 
     out = {f"fold{i}": score_rows(r.model, r.method, ds, inputs, query, gallery, nmi=nmi,
-                                  seed=seed, batch_size=batch, device=device)
+                                  seed=seed, batch_size=batch, device=device, sink=sink)
            for i, r in enumerate(results)}
     keys = out["fold0"].keys()
     out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(results))]))

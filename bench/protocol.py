@@ -241,6 +241,13 @@ class BudgetSpec(Section):
     max_failures: int = Field(3, ge=0, le=100_000)
 
 
+class SaveSpec(Section):
+    """What a test reproduction keeps beside its run file (see bench.embeddings)."""
+
+    embeddings: Literal["float16", "float32", "none"] = "float16"
+    checkpoints: Literal["none", "best", "last"] = "none"
+
+
 class Protocol(Section):
     name: str = Field(pattern=NAME_PATTERN)  # RESULTS/<name>/: not `.`, `..` or hidden
     description: str = ""
@@ -259,6 +266,7 @@ class Protocol(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     methods: list[MethodSpec] = Field(min_length=1)
+    save: SaveSpec = Field(default_factory=SaveSpec)
 
     @field_validator("methods")
     @classmethod

@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import bench
+from bench import plugins
 from bench.data import dataset_info, load_dataset
 from bench.data.merge import merge_datasets
 from bench.data.records import ImageDataset
@@ -81,6 +82,8 @@ class Plan:
     protocol_hash: str
     protocol_text: str
     method_params: dict[str, Any]
+    #: per method entry, the installed plug-ins it runs on (bench.plugins.protocol_plugins)
+    plugins: dict[str, dict[str, plugins.Plugin]] = field(default_factory=dict)
 
 
 def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
@@ -170,7 +173,11 @@ def plan_protocol(path: str | Path) -> Plan:
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
     text = read_text_bounded(path, what="protocol")  # the size and encoding checks again
-    return Plan(protocol, source, digest, text, params)
+    used = plugins.protocol_plugins(protocol)
+    if plugins.signature(used):  # a plug-in's version is part of the setting: in the hash
+        digest = hashlib.sha256(json.dumps([digest, plugins.signature(used)],
+                                           sort_keys=True).encode()).hexdigest()
+    return Plan(protocol, source, digest, text, params, used)
 
 
 def check_available(plan: Plan) -> None:
@@ -338,12 +345,17 @@ class ProtocolRun:
                 raise BenchError(f"changed since the results in {self.dir} were started (diff "
                                  f"above); rerun with --fresh to discard them",
                                  source=self.plan.source)
+        plugins.check_recorded(confined(self.dir, "plugins.json"),
+                               plugins.signature(self.plan.plugins),
+                               source=self.plan.source)
 
     def record_protocol(self) -> None:
         """Keep the protocol as first run beside its results (after inputs proved loadable)."""
         copy = confined(self.dir, "protocol.yaml")
         if not copy.is_file():
             write_text_atomically(copy, self.plan.protocol_text)
+        if not confined(self.dir, "plugins.json").is_file():
+            write_json(confined(self.dir, "plugins.json"), plugins.signature(self.plan.plugins))
 
     def storage_url(self) -> str:
         return self.options.storage or f"sqlite:///{confined(self.dir, 'study.db')}"
@@ -468,6 +480,11 @@ class ProtocolRun:
             else:
                 study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
                                             direction="maximize", load_if_exists=True)
+                self.describe(study, ctx, spec, "search", {
+                    "searched": {k: v.model_dump(exclude_none=True) for k, v in spec.search.items()},
+                    "budget": f"{self.p.budget.trials} completed trials, {self.p.budget.sampler} "
+                              f"seed {self.p.budget.seed}, max_failures "
+                              f"{self.p.budget.max_failures}"})
                 step = search_step(study, spec.search, self.p.budget, self.objective(ctx, spec))
                 if step.state != "done":
                     return step.state
@@ -478,8 +495,18 @@ class ProtocolRun:
                 direction="maximize", load_if_exists=True)
             if "jobs" not in w.study.user_attrs:
                 w.study.set_user_attr("jobs", self.jobs(ctx))  # for `bench status`
+            self.describe(w.study, ctx, spec, "test", {"chosen": w.state.params})
         return job_step(w.study, self.jobs(ctx),
                         lambda job: self.run_job(ctx, spec, w.state.params, job))
+
+    def describe(self, study, ctx: DatasetContext, spec: MethodSpec, phase: str,
+                 details: dict[str, Any]) -> None:
+        """What optuna-dashboard shows beside the study (bench.dashboard)."""
+        from bench.dashboard import describe_study
+
+        describe_study(study, phase=phase, protocol=self.p.name, dataset=ctx.name,
+                       method=spec.name, implementation=spec.method, split=ctx.default.id,
+                       metric=self.p.evaluation.primary, details=details)
 
     def objective(self, ctx: DatasetContext, spec: MethodSpec):
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -518,19 +545,31 @@ class ProtocolRun:
             results = self.train_folds(ctx, spec, values, seed=seed, label=label, folds=folds)
         except (DivergedError, RuntimeError) as error:
             raise JobFailed(f"{type(error).__name__}: {error}") from error
+        sink: dict[str, list] = {}
         metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.layout, split.test,
-                                results, seed=seed, device=self.device)
+                                results, seed=seed, device=self.device, sink=sink)
+        self.save_artifacts(ctx, spec, split, seed, results, sink)
         provenance = self.provenance(ctx, seed, values, results, folds)
         rows = [{"protocol": self.p.name, "dataset": ctx.name, "split": split.id,
                  "method": spec.name, "seed": seed, "model": model, "metric": metric,
                  "value": float(value), "fid": split.fid,
-                 "is_default_split": split.is_default, **provenance}
+                 "is_default_split": split.is_default, **provenance,
+                 "plugins": plugins.describe(self.plan.plugins.get(spec.name, {})) or "none"}
                 for model, values_ in metrics.items()
                 for metric, value in values_.items() if metric in METRICS]
         history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
         headline = "concatenated" if "concatenated" in metrics else "separate"
         score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
         return score, {"params": values, "rows": rows, "history": history}
+
+    def save_artifacts(self, ctx: DatasetContext, spec: MethodSpec, split, seed: int,
+                       results, sink: dict[str, list]) -> None:
+        """Test embeddings (and checkpoints when asked) beside the job's run file."""
+        from bench.run_artifacts import save_run_artifacts
+
+        run_file = confined(self.dir, "runs", ctx.name, spec.name, split.id, f"seed{seed}.json")
+        save_run_artifacts(run_file, self.p, ctx.ds, ctx.layout, split.test, results, sink,
+                           seed=seed, method=spec.name)
 
     def materialize(self, ctx: DatasetContext, w: MethodWork) -> None:
         """Write the method's run files from the storage (atomically; unchanged files kept)."""
@@ -677,6 +716,10 @@ class ProtocolRun:
                           "FID sequence (mean over reproductions; * = default split)", ""]
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)
+            used = {m: plugins.describe(u) for m, u in self.plan.plugins.items() if u}
+            if used:
+                lines += ["", "Plug-ins (installed distributions):", ""]
+                lines += [f"- {m}: {text}" for m, text in used.items()]
             if failures:
                 lines += ["", "Failed methods:", ""]
                 lines += [f"- {m}: {reason}" for m, reason in failures.items()]

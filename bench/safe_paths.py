@@ -19,8 +19,8 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
 
 #: what a run writes directly under RESULTS/<name>/ (``--fresh`` removes these and no more)
-WRITTEN_FILES = ("protocol.yaml", "results.csv", "summary.md", "study.db", "study.db-journal",
-                 "study.db-wal", "study.db-shm")
+WRITTEN_FILES = ("protocol.yaml", "plugins.json", "results.csv", "summary.md", "study.db",
+                 "study.db-journal", "study.db-wal", "study.db-shm")
 WRITTEN_DIRS = ("runs", "splits")
 WRITTEN_PATTERNS = ("ood_curve*.png", "ood_curve*.svg", ".*.tmp")
 
