@@ -200,7 +200,7 @@ def test_default_logit_scale_trains_memory_classification_below_log_c(monkeypatc
     def spy(logits, target, *args, **kwargs):
         value = original(logits, target, *args, **kwargs)
         if logits.shape[1] == 6 and logits.shape[0] < len(LABELS) // 2:  # the memory term
-            seen.append(float(value))
+            seen.append(float(value.detach()))
         return value
 
     import bench.methods.dimn as dimn_module

@@ -57,20 +57,49 @@ class CameraViews:
         picture = (images.float() - off_a) / gain_a
         return (gain_b * picture + off_b).round().clamp(0, 255).to(torch.uint8)
 
-    def draw(self, images: torch.Tensor, cameras: np.ndarray,
-             rng: np.random.Generator) -> torch.Tensor:
-        """One view per image, as a camera drawn uniformly among the OTHER view cameras (the
-        image itself when there is none)."""
+    def pick(self, cameras: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each camera id, one of the OTHER view cameras drawn uniformly (the own camera
+        when there is no other)."""
         cameras = np.asarray(cameras, dtype=np.int64)
         others = len(self.cameras) - 1
         if others < 1:
-            return images
+            return cameras.copy()
         pick = rng.integers(0, others, len(cameras))
         own = np.searchsorted(self.cameras, cameras)
         known = (own < len(self.cameras)) & (self.cameras[np.minimum(own, others)] == cameras)
         # skip the own camera's position so the draw is uniform over the others
-        to = self.cameras[np.where(known & (pick >= own), pick + 1, pick)]
-        return self.restyle(images, cameras, to)
+        return self.cameras[np.where(known & (pick >= own), pick + 1, pick)]
+
+    def draw(self, images: torch.Tensor, cameras: np.ndarray,
+             rng: np.random.Generator) -> torch.Tensor:
+        """One view per image, as a camera drawn by :meth:`pick`."""
+        return self.restyle(images, cameras, self.pick(cameras, rng))
+
+    def rows(self, images, cameras: np.ndarray, rows: np.ndarray,
+             to: np.ndarray) -> RestyledRows:
+        """``images[rows]`` re-imaged as cameras ``to``, decoded and restyled when indexed (so
+        a loader thread does the work)."""
+        return RestyledRows(self, images, np.asarray(cameras)[rows], np.asarray(rows), to)
+
+
+@dataclass(frozen=True)
+class RestyledRows:
+    """Indexable: position i = ``images[rows[i]]`` as camera ``to[i]`` instead of
+    ``cameras[i]``."""
+
+    views: CameraViews
+    images: object
+    cameras: np.ndarray
+    rows_: np.ndarray
+    to: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows_)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = np.asarray(index)
+        raw = torch.as_tensor(self.images[self.rows_[index]])
+        return self.views.restyle(raw, self.cameras[index], self.to[index])
 
 
 class ImagingConditions(CameraViews):
@@ -126,4 +155,5 @@ def is_image_batch(inputs) -> bool:
             and sample.shape[-1] == 3)
 
 
-__all__ = ["CameraViews", "ColourStatistics", "ImagingConditions", "is_image_batch"]
+__all__ = ["CameraViews", "ColourStatistics", "ImagingConditions", "RestyledRows",
+           "is_image_batch"]
