@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.augment import make_augment
 from bench.cli import main
+from bench.data.camera_style import ColourStatistics
 from bench.data.real.lazy import LazyImages
 from bench.errors import BenchError
 from bench.experiment import LazyImageTensor
@@ -90,9 +91,11 @@ def image_data(root: Path) -> TrainData:
     paths = jpeg_tree(root)
     images = LazyImageTensor(LazyImages(root, paths, 24))
     labels = np.repeat(np.arange(CLASSES), PER_CLASS)
-    views = [np.flatnonzero(labels == labels[i]) for i in range(len(labels))]
-    return TrainData(source=images, labels=labels, target=images, camera_views=views,
-                     num_classes=CLASSES, kinds=frozenset({"labeled", "unlabeled_target"}))
+    cameras = np.arange(len(labels)) % 2  # label-free views: each row as the other camera
+    views = ColourStatistics.fit(images, cameras)
+    return TrainData(source=images, labels=labels, target=images, target_cameras=cameras,
+                     camera_views=views, num_classes=CLASSES,
+                     kinds=frozenset({"labeled", "unlabeled_target"}))
 
 
 AUGMENT = AugmentationSpec(random_resized_crop_scale=(0.3, 1.0),
