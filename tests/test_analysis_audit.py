@@ -155,7 +155,10 @@ def test_shipped_claims_files_are_valid_and_match_their_protocols():
     newer = methods - {"contrastive", "triplet"}
     assert pairs == {(m, b) for m in newer for b in ("contrastive", "triplet")}
     oodml = audit.load_claims(ROOT / "protocols" / "claims" / "oodml.yaml")
-    assert {c.protocol for c in oodml.claims} == {"oodml_glyphs", "oodml_glyphs_stage"}
+    assert {c.protocol for c in oodml.claims} == {"oodml_glyphs_stage"}
+    older = audit.load_claims(ROOT / "protocols" / "claims" / "oodml_glyphs.yaml")
+    assert {c.protocol for c in older.claims} == {"oodml_glyphs"}
+    assert all(c.rank_change.to_split == "hardest" for c in older.claims)
     stage, _ = load_protocol(ROOT / "protocols" / "oodml_glyphs_stage.yaml")
     assert stage.reproductions >= audit.MIN_N
     kinds = {c.kind for c in oodml.claims if c.protocol == "oodml_glyphs_stage"}

@@ -168,8 +168,10 @@ class Claim(Strict):
             raise ValueError("tolerance belongs to value claims only")
         if self.method is not None and self.value is None and self.trend is None:
             raise ValueError("method belongs to value and trend claims only")
-        if (self.rank_change is not None or self.trend is not None) and self.split is not None:
-            raise ValueError("rank_change and trend claims are about a whole sequence, not split")
+        if self.rank_change is not None and self.split is not None:
+            raise ValueError("a rank_change claim names its splits in rank_change, not split")
+        if self.trend is not None and self.split is not None:
+            raise ValueError("a trend claim is about the whole sequence: no split")
         return self
 
     @property

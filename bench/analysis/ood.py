@@ -308,7 +308,7 @@ def spearman_trend(frame: pd.DataFrame, *, metric: str = PRIMARY, model: str | N
         fids = table.columns.to_numpy(dtype=float)
         n = len(table)
         rho = low = high = math.nan
-        if n >= 1 and len(fids) >= 3:
+        if n >= 1 and len(fids) >= 3 and np.ptp(table.mean().to_numpy()) > 0:
             rho = float(stats.spearmanr(fids, table.mean().to_numpy()).statistic)
         if n >= 2 and len(fids) >= 3:
             values = table.to_numpy()

@@ -184,6 +184,11 @@ def _ood_section(page: Page, rows: pd.DataFrame, protocol: str, dataset: str,
                 f"{dataset}: {view} vs FID per method (mean over seeds, 95 % band)"
                 + ("; right: gain over the untrained embedding" if ood.has_untrained(rows)
                    else "; right: deviation from the across-method mean"))
+    points, fits = ood.deviations(trained, metric=chosen)
+    page.figure(ood.plot_deviations(points, fits, dataset=dataset),
+                f"{protocol}_{dataset}_fid_deviation",
+                f"{dataset}: deviation from the across-method mean vs FID ({view}), with "
+                f"linear fits")
     views = [("trained", trained, None)]
     if ood.has_untrained(rows):
         views += [("untrained embedding", rows, ood.UNTRAINED),
