@@ -7,7 +7,8 @@ the cached activations. Fine-tuning protocols get the speed of the frozen-featur
 
 The cache key is a digest of the frozen prefix's weights (every tensor of its state dict), the
 dataset's content fingerprint, the backbone and stage names, the input normalisation and the
-crop, so a changed weight file, dataset or stage can never reuse stale activations.
+crop, so a changed weight file, dataset or stage can never reuse stale activations; the entry
+itself is stored with its content digest (bench.digest), so a damaged file is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 from torch import nn
 
 from bench.data.records import ImageDataset
+from bench.digest import load_verified, note, save_verified
 from bench.errors import BenchError
-from bench.features import _save_atomically, dataset_fingerprint, extract
+from bench.features import dataset_fingerprint, extract
 from bench.models.backbones import Trunk, build_trunk
 from bench.paths import cache_root
 
@@ -91,13 +93,29 @@ def cached_activations(ds: ImageDataset, backbone: str, *, pretrained: bool,
     if not pretrained:
         torch.manual_seed(0)  # a random-init trunk must still be the same trunk every time
     split = split_trunk(backbone, pretrained=pretrained)
-    path = cache_root() / "activations" / f"{activation_key(split, ds, backbone, crop_size)}.npy"
-    if use_cache and path.is_file():
-        return np.load(path, allow_pickle=False), split, True
+    path = cache_root() / "activations" / f"{activation_key(split, ds, backbone, crop_size)}.npz"
+    if use_cache:
+        cached = _load(path, len(ds))
+        if cached is not None:
+            return cached, split, True
     images = ds.images if isinstance(ds.images, np.ndarray) else ds.images[np.arange(len(ds))]
     out = extract(split.prefix, np.ascontiguousarray(center_crop(images, crop_size)),
                   device=device, progress=progress, description=f"{backbone} prefix",
                   normalization=split.trunk.normalization)
     if use_cache:
-        _save_atomically(path, out)
+        save_verified(path, {"activations": np.ascontiguousarray(out, dtype=np.float32)})
     return out, split, False
+
+
+def _load(path, rows: int) -> np.ndarray | None:
+    """A verified entry of ``rows`` float32 (N, C, H, W) activations, or None (absent, or
+    damaged: one line says it is rebuilt)."""
+    arrays, damage = load_verified(path)
+    if arrays is not None:
+        acts = arrays.get("activations")
+        if acts is not None and acts.dtype == np.float32 and acts.ndim == 4 and len(acts) == rows:
+            return acts
+        damage = "does not hold float32 (N, C, H, W) activations of this dataset"
+    if damage is not None:
+        note(path, damage)
+    return None

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_STATE, BenchError, StateError
 
 DESCRIPTION = """\
 bench: fair, reproducible benchmarks for deep metric learning and domain-adaptive re-ID.
@@ -20,6 +20,8 @@ examples:
   bench run protocols/quick.yaml          train the quick protocol's losses on `glyphs`
   bench validate protocols/quick.yaml     check a protocol file without running it
   bench datasets list                     embedded and registered datasets, and availability
+  bench methods list                      methods, plug-in losses/miners and their origin
+  bench evaluate results/quick --recall-k 16   tables again from saved embeddings, no training
   bench datasets show glyphs              counts and a contact-sheet PNG
   bench datasets prepare cub200 --root D  check (or download) a real dataset copy
   bench datasets verify cub200 --root D   decode every image, list the bad ones
@@ -32,7 +34,8 @@ examples:
   bench status protocols/quick.yaml       per-method progress read from the storage
   bench rebuild protocols/quick.yaml      results/<protocol>/ rebuilt from the storage alone
 
-exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input.
+exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input, 3 damaged or
+unusable state (storage, cache or results folder: the line names the file and what to do).
 """
 
 
@@ -47,14 +50,20 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import RunOptions, describe_plan, plan_protocol, run_protocol
+    from bench.state import check_grace, check_storage_url
 
+    check_grace(args.grace)  # options first: refused before the protocol's data loads
+    check_storage_url(args.storage)
     if args.dry_run:
         print(describe_plan(plan_protocol(args.protocol)))
         return 0
     started = time.perf_counter()
+    from bench.local_jobs import resolve_jobs
+
+    jobs = resolve_jobs(args.jobs, plan_protocol(args.protocol).protocol)
     options = RunOptions(results_root=Path(args.results), storage=args.storage, fresh=args.fresh,
                          progress=not args.no_progress, grace=args.grace,
-                         heartbeat=max(1, args.grace // 3))
+                         heartbeat=max(1, args.grace // 3), jobs=jobs)
     summary, failures = run_protocol(args.protocol, options)
     print(summary.read_text(encoding="utf-8"))
     print(f"wrote {summary.parent}/ (results.csv, summary.md, runs/, study.db) in "
@@ -65,10 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.feasibility import check_data
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)
     p = plan.protocol
+    for note in check_data(p, plan.source):  # class counts: folds and sampler batches
+        print(f"{args.protocol}: note: {note}")
     datasets = ", ".join(d.name for d in p.dataset_specs)
     print(f"{args.protocol}: valid — dataset(s) {datasets}, {len(p.methods)} methods "
           f"({', '.join(m.name for m in p.methods)}), {p.folds} fold(s), "
@@ -78,11 +90,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, dataset_names
+    from bench.data.registry import dataset_origin
 
     for name in dataset_names():
         info = dataset_info(name)
         state = "available" if info["available"] else "missing"
-        print(f"{name:12s} {state:9s} {info['where']}")
+        print(f"{name:12s} {state:9s} {info['where']} [{dataset_origin(name)}]")
     return 0
 
 
@@ -147,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=int, default=30, metavar="SECONDS",
                      help="a trial whose process sent no heartbeat for this long is failed and "
                      "its slot re-run (default: 30)")
+    run.add_argument("-j", "--jobs", metavar="N|auto", default=None,
+                     help="processes sharing the work on this machine: this one plus N-1 local "
+                     "`bench worker` helpers, the cores split between them; same results as one "
+                     "process. auto (default, or $BENCH_JOBS): one per core (at most 4) for "
+                     "protocols of 16+ training runs whose search is in its seeded random phase "
+                     "(TPE with trials <= 5, or random), else 1")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a protocol file without running it")
@@ -186,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("bench.splits.cli", fromlist=["cli"]).add_splits_parser(sub)  # bench splits ...
     __import__("bench.analysis.cli", fromlist=["cli"]).add_analysis_parsers(sub)  # audit, report
     __import__("bench.workers", fromlist=["workers"]).add_worker_parsers(sub)  # worker, launch..
+    __import__("bench.plugin_cli", fromlist=["x"]).add_methods_parser(sub)  # methods list
+    __import__("bench.evaluate_cli", fromlist=["x"]).add_evaluate_parser(sub)  # evaluate
     return parser
 
 
@@ -193,14 +214,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StateError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. a full results disk: results already stored are kept
+        return EXIT_BAD_INPUT
+    except OSError as error:  # e.g. a full or read-only results disk: stored results are kept
         where = f"{error.filename}: " if error.filename else ""
         print(f"bench: error: {where}{error.strerror or error}; results already written are "
-              f"kept (re-run to resume)", file=sys.stderr)
-        return 2
+              f"kept (free space or fix permissions, then re-run to resume)", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
+    except Exception as error:
+        from bench.state import storage_error_line
+
+        line = storage_error_line(error, args)
+        if line is None:
+            raise  # a bug: keep the traceback
+        print(f"bench: error: {line}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     except KeyboardInterrupt:
         print("bench: interrupted; results already written are kept", file=sys.stderr)
         return 130

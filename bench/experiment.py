@@ -8,7 +8,7 @@ data its setting offers and it declares.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,9 @@ from torch import nn
 from bench.augment import make_augment
 from bench.data.merge import junk_classes
 from bench.data.records import ImageDataset
+from bench.errors import BenchError, DataError
 from bench.evaluate import evaluate_reid, evaluate_retrieval
+from bench.evaluate.pseudo_labels import pseudo_label_quality
 from bench.features import trunk_features
 from bench.methods import method_class
 from bench.methods.base import Method, ScoreFn
@@ -145,20 +147,41 @@ class FoldResult:
     model: nn.Module  # the (method-wrapped) network with its best state loaded
     method: Method
     data_used: frozenset[str]
+    #: the state at the end of training (only kept for ``save: {checkpoints: last}``)
+    last_state: dict[str, torch.Tensor] | None = None
+    epochs: list[dict[str, float]] = field(default_factory=list)  # pseudo-label audit
 
 
 def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
                query: np.ndarray, gallery: np.ndarray | None, *, nmi: bool, seed: int,
-               batch_size: int, device: torch.device) -> dict[str, float]:
+               batch_size: int, device: torch.device,
+               precision: str = "fp32",
+               sink: dict[str, list] | None = None) -> dict[str, float]:
     """Metrics of one model: retrieval with query = reference (``gallery`` None), else re-ID
-    query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one."""
+    query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one.
+    Embeddings are extracted under ``precision``; the kNN search runs on ``device`` when it is
+    an accelerator (torch), else on faiss-cpu.
+    ``sink``: the embeddings are appended to its "query" / "gallery" lists (to be saved)."""
     score_fn = method.score_fn(model, device)
-    q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device)
+    q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device,
+              precision=precision)
+    if sink is not None:
+        sink.setdefault("query", []).append(q)
+        sink.setdefault("score_fn", []).append(score_fn is not None)
     if gallery is None:
-        return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn)
-    g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device)
+        return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn,
+                                  device=knn_device(device))
+    g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device,
+              precision=precision)
+    if sink is not None:
+        sink.setdefault("gallery", []).append(g)
     return evaluate_reid(q, ds.labels[query], ds.cameras[query], g, reid_ids(ds, gallery),
                          ds.cameras[gallery], score_fn=score_fn)
+
+
+def knn_device(device: torch.device) -> torch.device | None:
+    """Where retrieval's exact kNN runs: torch on an accelerator, faiss-cpu (None) on the CPU."""
+    return device if device.type == "cuda" else None
 
 
 def reid_ids(ds: ImageDataset, rows: np.ndarray) -> np.ndarray:
@@ -182,16 +205,44 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:
-        return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
-                          nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
-                          device=device)[primary]
+        try:
+            with plugin.evaluation_domain(m, "source"):  # held-out labeled (source) identities
+                return score_rows(m, plugin, ds, inputs, rows.validation,
+                                  rows.validation_gallery, nmi=primary == "nmi", seed=seed,
+                                  batch_size=train_spec.eval_batch_size, device=device,
+                                  precision=train_spec.precision)[primary]
+        except BenchError as error:
+            if error.field != "gallery_ids":
+                raise  # e.g. a method's NaN scores: its own failure
+            # the data cannot validate (no cross-camera match): not the method's failure
+            raise validation_data_error(error, protocol, ds, split) from None
+
+    truth = ds.labels[rows.target_rows]  # audit only: never given to the method
+
+    def monitor(method: Method) -> dict[str, float]:
+        pseudo = method.pseudo_labels()
+        return {} if pseudo is None else pseudo_label_quality(pseudo[0], pseudo[1], truth)
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
-                   device=device, augment=augment, progress=progress, description=description)
+                   device=device, augment=augment, progress=progress, description=description,
+                   epoch_monitor=monitor)
+    last = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if protocol.save.checkpoints == "last" else None)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model, plugin, consumed)
+                      result.history, model, plugin, rows.data.kinds, last, result.epochs)
+
+
+def validation_data_error(error: BenchError, protocol: Protocol, ds: ImageDataset,
+                          split: ClassSplit) -> DataError:
+    """The line for validation data that cannot be scored (e.g. re-ID validation identities
+    with no same-identity image from another camera): names validation and the source."""
+    source = ", ".join(protocol.setting.source) or ds.name
+    return DataError(f"validation ({split.name}, held-out identities of the source {source}) "
+                     f"cannot be scored: {error.reason}; choose source data whose identities "
+                     f"appear under several cameras, or more validation identities",
+                     source=f"dataset {ds.name}", field="split.validation_fraction")
 
 
 def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:
@@ -223,7 +274,8 @@ def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) ->
 
 def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
                   test_classes: np.ndarray, results: list[FoldResult], *, seed: int,
-                  device: torch.device) -> dict[str, dict[str, float]]:
+                  device: torch.device, sink: dict[str, list] | None = None
+                  ) -> dict[str, dict[str, float]]:
     """Test metrics per fold model, their mean ("separate") and, with several folds, of the
     fold models' L2-normalised embeddings concatenated ("concatenated"), as the Reality Check.
     ``dml``: query = reference = test classes; ``uda``/``dg``: target query -> gallery."""
@@ -232,12 +284,13 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
     nmi = protocol.evaluation.nmi and gallery is None
 
     def embeddings(mask: np.ndarray) -> list[np.ndarray]:
-        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device)
-               for r in results]
+        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device,
+                     precision=protocol.train.precision) for r in results]
         return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in out]
 
     out = {f"fold{i}": score_rows(r.model, r.method, ds, inputs, query, gallery, nmi=nmi,
-                                  seed=seed, batch_size=batch, device=device)
+                                  seed=seed, batch_size=batch, device=device,
+                                  precision=protocol.train.precision, sink=sink)
            for i, r in enumerate(results)}
     keys = out["fold0"].keys()
     out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(results))]))
@@ -249,7 +302,7 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
         if gallery is None:
             out["concatenated"] = evaluate_retrieval(
                 np.concatenate(q, axis=1), ds.labels[query], nmi=nmi, seed=seed,
-                score_fn=score_fn)
+                score_fn=score_fn, device=knn_device(device))
         else:
             g = embeddings(gallery)
             out["concatenated"] = evaluate_reid(

@@ -12,9 +12,8 @@ import hashlib
 import json
 import math
 import platform
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,11 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import bench
+from bench import plugins
 from bench.data import dataset_info, load_dataset
 from bench.data.merge import merge_datasets
 from bench.data.records import ImageDataset
@@ -37,10 +38,13 @@ from bench.experiment import (
     fit_fold,
     prepare_inputs,
 )
+from bench.feasibility import check_sampler, make_folds
 from bench.jobs import JobFailed, completed_results, job_step
+from bench.local_jobs import start_helpers, stop_helpers, threads_per_process
 from bench.methods import method_class, validate_method
 from bench.methods.base import DATA_LABELS
 from bench.models import BACKBONES
+from bench.precision import check_precision
 from bench.protocol import (
     DML_METRICS,
     METRICS,
@@ -53,7 +57,6 @@ from bench.protocol import (
     load_protocol,
 )
 from bench.results import (
-    collect_rows,
     read_json,
     sequence_table,
     summary_table,
@@ -61,12 +64,16 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
+from bench.results_source import read_protocol_copy, rows_of
+from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
-from bench.splits.kfold import kfold_splits, split_hash
+from bench.splits.kfold import split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
+from bench.state import delete_protocol_studies
 from bench.train import DivergedError
+from bench.yaml_file import read_text_bounded
 
 
 @dataclass
@@ -78,6 +85,8 @@ class Plan:
     protocol_hash: str
     protocol_text: str
     method_params: dict[str, Any]
+    #: per method entry, the installed plug-ins it runs on (bench.plugins.protocol_plugins)
+    plugins: dict[str, dict[str, plugins.Plugin]] = field(default_factory=dict)
 
 
 def _check_search_space(spec: MethodSpec, index: int, source: str) -> None:
@@ -166,8 +175,16 @@ def plan_protocol(path: str | Path) -> Plan:
     _check_sequence_spec(protocol, source)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
-    text = Path(path).read_text(encoding="utf-8")
-    return Plan(protocol, source, digest, text, params)
+    try:
+        check_precision(protocol.train.precision, pick_device(protocol.device))
+    except ValueError as error:
+        raise BenchError(str(error), source=source, field="train.precision") from None
+    text = read_text_bounded(path, what="protocol")  # the size and encoding checks again
+    used = plugins.protocol_plugins(protocol)
+    if plugins.signature(used):  # a plug-in's version is part of the setting: in the hash
+        digest = hashlib.sha256(json.dumps([digest, plugins.signature(used)],
+                                           sort_keys=True).encode()).hexdigest()
+    return Plan(protocol, source, digest, text, params, used)
 
 
 def check_available(plan: Plan) -> None:
@@ -282,6 +299,8 @@ class RunOptions:
     poll: float = 1.0  # seconds between looks at the storage when others hold the work
     #: False for `bench worker`: do the shared work only, write nothing under results/
     writes_results: bool = True
+    #: processes sharing the work (`bench run -j`): this one plus jobs-1 local helpers
+    jobs: int = 1
 
 
 @dataclass
@@ -308,7 +327,10 @@ class ProtocolRun:
         self.plan = plan
         self.p = plan.protocol
         self.options = options
-        self.dir = options.results_root / self.p.name
+        self.dir = protocol_dir(options.results_root, self.p.name)  # confined, links resolved
+        #: (pool, method) -> job -> result document, as read from the storage: the only
+        #: source of results.csv and summary.md (run files are written from it, never read)
+        self.stored: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.device = pick_device(self.p.device)
         self.states: dict[tuple[str, str], MethodState] = {}
         self.splits: dict[str, list[NamedSplit]] = {}
@@ -318,11 +340,12 @@ class ProtocolRun:
     # -- set-up -------------------------------------------------------------------------------
     def prepare_directory(self) -> None:
         """Refuse to mix results of a changed protocol; --fresh starts over. Writes nothing."""
-        copy = self.dir / "protocol.yaml"
-        if self.options.fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        if copy.is_file():
-            previous = copy.read_text(encoding="utf-8")
+        copy = confined(self.dir, "protocol.yaml")
+        if self.options.fresh:
+            remove_written(self.dir)  # what a run writes there, and nothing else
+        check_tree(self.dir)  # no link out of it, writable: refused before any work
+        if copy.exists():
+            previous = read_protocol_copy(copy)
             if previous != self.plan.protocol_text:
                 diff = "".join(difflib.unified_diff(
                     previous.splitlines(True), self.plan.protocol_text.splitlines(True),
@@ -331,15 +354,20 @@ class ProtocolRun:
                 raise BenchError(f"changed since the results in {self.dir} were started (diff "
                                  f"above); rerun with --fresh to discard them",
                                  source=self.plan.source)
+        plugins.check_recorded(confined(self.dir, "plugins.json"),
+                               plugins.signature(self.plan.plugins),
+                               source=self.plan.source)
 
     def record_protocol(self) -> None:
         """Keep the protocol as first run beside its results (after inputs proved loadable)."""
-        copy = self.dir / "protocol.yaml"
+        copy = confined(self.dir, "protocol.yaml")
         if not copy.is_file():
             write_text_atomically(copy, self.plan.protocol_text)
+        if not confined(self.dir, "plugins.json").is_file():
+            write_json(confined(self.dir, "plugins.json"), plugins.signature(self.plan.plugins))
 
     def storage_url(self) -> str:
-        return self.options.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
+        return self.options.storage or f"sqlite:///{confined(self.dir, 'study.db')}"
 
     def load(self, name: str, dspecs: list[DatasetSpec]) -> DatasetContext:
         ds = merge_datasets([load_dataset(d.name, **d.options) for d in dspecs])
@@ -349,11 +377,15 @@ class ProtocolRun:
         else:
             splits = [NamedSplit("standard", layout.train_classes, layout.test_classes)]
         default = next(s for s in splits if s.is_default)
+        folds = self.make_folds(default, pool=name)  # class counts checked before any work
         inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
-        return DatasetContext(name, ds, layout, inputs, splits, self.make_folds(default))
+        return DatasetContext(name, ds, layout, inputs, splits, folds)
 
-    def make_folds(self, split: NamedSplit) -> list[ClassSplit]:
-        return kfold_splits(split.train, split.test, self.p.folds, self.p.validation_fraction())
+    def make_folds(self, split: NamedSplit, pool: str = "") -> list[ClassSplit]:
+        folds = make_folds(self.p, split.train, split.test, source=self.plan.source,
+                           pool=pool or self.p.name, split_id=split.id)
+        check_sampler(self.p, folds, source=self.plan.source, pool=pool or self.p.name)
+        return folds
 
     def resolve_splits(self, dspec: DatasetSpec, ds: ImageDataset) -> list[NamedSplit]:
         """The standard split, or the FID sequence from its file (made here if none is given)."""
@@ -375,7 +407,7 @@ class ProtocolRun:
                                  field="split.file")
             document = read_split_file(path)
         else:
-            path = self.dir / "splits" / f"{dspec.name}-{spec.extractor}.json"
+            path = confined(self.dir, "splits", f"{dspec.name}-{spec.extractor}.json")
             if path.is_file():
                 document = read_split_file(path)
             else:
@@ -395,18 +427,43 @@ class ProtocolRun:
         if self.writes_results:
             self.prepare_directory()
         storage = None
-        for name, dspecs in self.p.pools:
-            ctx = self.load(name, dspecs)
-            if self.writes_results:
-                self.record_protocol()
-            if storage is None:
-                storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
-                                       grace=self.options.grace)
-            self.splits[name] = ctx.splits
-            self.work_through(ctx, storage)
+        if self.options.storage or confined(self.dir, "study.db").exists():
+            # an existing storage is checked before any work (a damaged one: exit 3); a new
+            # default one is created only once the inputs proved loadable
+            storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                   grace=self.options.grace)
+            if self.options.fresh and self.options.storage and self.writes_results:
+                delete_protocol_studies(storage, self.p.name)  # this protocol's, no other
+        helpers: list = []
+        started = False
+        try:
+            for name, dspecs in self.p.pools:
+                ctx = self.load(name, dspecs)
+                if self.writes_results:
+                    self.record_protocol()
+                if storage is None:
+                    storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                           grace=self.options.grace)
+                if not started:
+                    helpers, started = self.start_helpers(), True
+                self.splits[name] = ctx.splits
+                self.work_through(ctx, storage)
+        finally:
+            stop_helpers(helpers, wait=2 * self.options.grace)
         if self.writes_results and self.p.split.kind == "fid_sequence":
             self.write_ood_figures()
         return self.dir / "summary.md"
+
+    def start_helpers(self) -> list:
+        """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
+        started once the first dataset's inputs are cached; threads split between them."""
+        if self.options.jobs <= 1:
+            return []
+        threads = threads_per_process(self.options.jobs)
+        torch.set_num_threads(threads)
+        threadpool_limits(limits=threads)
+        return start_helpers(self.plan.source, self.storage_url(),
+                             self.options.results_root, self.options.jobs - 1, threads)
 
     def work_through(self, ctx: DatasetContext, storage) -> None:
         """Round-robin over the methods, one unit of work (a search trial or a test job) at a
@@ -414,8 +471,10 @@ class ProtocolRun:
         work = []
         for spec in self.p.methods:
             state = self.states.setdefault((ctx.name, spec.name), MethodState())
-            state.data = ctx.layout.describe_kinds(
-                method_class(spec.method).consumed(ctx.layout.kinds))
+            consumed = method_class(spec.method).consumed(ctx.layout.kinds)
+            if ctx.inputs.frozen:  # cached features: no image to render a camera view from
+                consumed = consumed - {"camera_views"}
+            state.data = ctx.layout.describe_kinds(consumed)
             work.append(MethodWork(spec, state))
         bar = tqdm(total=len(work), desc=f"{self.p.name} {ctx.name}: methods done",
                    disable=not self.options.progress, dynamic_ncols=True)
@@ -450,6 +509,11 @@ class ProtocolRun:
             else:
                 study = optuna.create_study(storage=storage, study_name=self.study_name(ctx, spec),
                                             direction="maximize", load_if_exists=True)
+                self.describe(study, ctx, spec, "search", {
+                    "searched": {k: v.model_dump(exclude_none=True) for k, v in spec.search.items()},
+                    "budget": f"{self.p.budget.trials} completed trials, {self.p.budget.sampler} "
+                              f"seed {self.p.budget.seed}, max_failures "
+                              f"{self.p.budget.max_failures}"})
                 step = search_step(study, spec.search, self.p.budget, self.objective(ctx, spec))
                 if step.state != "done":
                     return step.state
@@ -460,8 +524,18 @@ class ProtocolRun:
                 direction="maximize", load_if_exists=True)
             if "jobs" not in w.study.user_attrs:
                 w.study.set_user_attr("jobs", self.jobs(ctx))  # for `bench status`
+            self.describe(w.study, ctx, spec, "test", {"chosen": w.state.params})
         return job_step(w.study, self.jobs(ctx),
                         lambda job: self.run_job(ctx, spec, w.state.params, job))
+
+    def describe(self, study, ctx: DatasetContext, spec: MethodSpec, phase: str,
+                 details: dict[str, Any]) -> None:
+        """What optuna-dashboard shows beside the study (bench.dashboard)."""
+        from bench.dashboard import describe_study
+
+        describe_study(study, phase=phase, protocol=self.p.name, dataset=ctx.name,
+                       method=spec.name, implementation=spec.method, split=ctx.default.id,
+                       metric=self.p.evaluation.primary, details=details)
 
     def objective(self, ctx: DatasetContext, spec: MethodSpec):
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -500,19 +574,24 @@ class ProtocolRun:
             results = self.train_folds(ctx, spec, values, seed=seed, label=label, folds=folds)
         except (DivergedError, RuntimeError) as error:
             raise JobFailed(f"{type(error).__name__}: {error}") from error
+        sink: dict[str, list] = {}
         metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.layout, split.test,
-                                results, seed=seed, device=self.device)
+                                results, seed=seed, device=self.device, sink=sink)
+        self.save_artifacts(ctx, spec, split, seed, results, sink)
         provenance = self.provenance(ctx, seed, values, results, folds)
         rows = [{"protocol": self.p.name, "dataset": ctx.name, "split": split.id,
                  "method": spec.name, "seed": seed, "model": model, "metric": metric,
                  "value": float(value), "fid": split.fid,
-                 "is_default_split": split.is_default, **provenance}
+                 "is_default_split": split.is_default, **provenance,
+                 "plugins": plugins.describe(self.plan.plugins.get(spec.name, {})) or "none"}
                 for model, values_ in metrics.items()
                 for metric, value in values_.items() if metric in METRICS]
         history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+        epochs = [{"fold": i, **e} for i, r in enumerate(results) for e in r.epochs]
         headline = "concatenated" if "concatenated" in metrics else "separate"
         score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
-        record = {"params": values, "rows": rows, "history": history}
+        record = {"params": values, "rows": rows, "history": history,
+                  **({"pseudo_labels": epochs} if epochs else {})}
         if split.fid is not None and not ctx.layout.reid:  # an FID sequence: issue 15's extras
             record["size_control"] = self.sequence_extras(ctx, spec, values, split, folds,
                                                           results, seed, rows)
@@ -540,13 +619,28 @@ class ProtocolRun:
                  for model, found in extra.items() for metric, value in found.items()]
         return record
 
+    def save_artifacts(self, ctx: DatasetContext, spec: MethodSpec, split, seed: int,
+                       results, sink: dict[str, list]) -> None:
+        """Test embeddings (and checkpoints when asked) beside the job's run file."""
+        from bench.run_artifacts import save_run_artifacts
+
+        run_file = confined(self.dir, "runs", ctx.name, spec.name, split.id, f"seed{seed}.json")
+        save_run_artifacts(run_file, self.p, ctx.ds, ctx.layout, split.test, results, sink,
+                           seed=seed, method=spec.name)
+
     def materialize(self, ctx: DatasetContext, w: MethodWork) -> None:
         """Write the method's run files from the storage (atomically; unchanged files kept)."""
         if w.study is None:
             return
-        for job, result in completed_results(w.study).items():
+        self.write_run_files(ctx.name, w.spec.name, completed_results(w.study))
+
+    def write_run_files(self, pool: str, method: str, results: dict[str, dict[str, Any]]) -> None:
+        """Keep ``results`` (from the storage) for the tables; write each as its run file,
+        confined to runs/, unless an identical file is there already."""
+        self.stored.setdefault((pool, method), {}).update(results)
+        for job, result in results.items():
             split_id, seed_text = job.split("/")
-            path = self.dir / "runs" / ctx.name / w.spec.name / split_id / f"{seed_text}.json"
+            path = confined(self.dir, "runs", pool, method, split_id, f"{seed_text}.json")
             if read_json(path) != result:
                 write_json(path, result)
 
@@ -555,12 +649,12 @@ class ProtocolRun:
         from bench.analysis.load import read_results
         from bench.analysis.ood import ood_figure
 
-        frame = read_results(self.dir / "results.csv")
+        frame = read_results(confined(self.dir, "results.csv"))
         for dspec in self.p.dataset_specs:
             figure = ood_figure(frame, dataset=dspec.name, metric=self.p.evaluation.primary)
             suffix = "" if len(self.p.dataset_specs) == 1 else f"_{dspec.name}"
             for extension in ("png", "svg"):
-                figure.savefig(self.dir / f"ood_curve{suffix}.{extension}", dpi=120)
+                figure.savefig(confined(self.dir, f"ood_curve{suffix}.{extension}"), dpi=120)
 
     def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
         return f"{self.p.name}:{ctx.name}:{spec.name}:{ctx.default.id}"
@@ -596,6 +690,8 @@ class ProtocolRun:
             "backbone": self.p.model.backbone,
             "weights": ctx.inputs.weights,
             "device": str(self.device),
+            "precision": self.p.train.precision,
+            "channels_last": self.p.train.channels_last,
             "bench": bench.__version__,
             "torch": torch.__version__,
             "pml": pytorch_metric_learning.__version__,
@@ -605,10 +701,20 @@ class ProtocolRun:
 
     # -- outputs ------------------------------------------------------------------------------
     def write_outputs(self) -> None:
-        rows = collect_rows(self.dir / "runs")
+        """results.csv and summary.md from the results read from the storage (``stored``);
+        a stray or edited file under runs/ cannot change them."""
+        rows = rows_of(self.stored)
         if rows:
-            write_table(self.dir / "results.csv", rows)
-        write_text_atomically(self.dir / "summary.md", self.summary(rows))
+            write_table(confined(self.dir, "results.csv"), rows)
+        write_text_atomically(confined(self.dir, "summary.md"), self.summary(rows))
+
+    def selection_sentence(self) -> str:
+        """How the trained state is chosen: early stopping only under ``checkpoint: best``."""
+        primary = self.p.evaluation.primary
+        if self.p.train.checkpoint == "last":
+            return (f"final state after {self.p.train.iterations} iterations (checkpoint `last`; "
+                    f"validation `{primary}` recorded, not used to stop or select).")
+        return f"early stopping on validation `{primary}`."
 
     def ood_summary(self, frame: pd.DataFrame, dataset: str, order: list[str]) -> list[str]:
         """Size-controlled curves, untrained embedding, gain and rho (bench.analysis.ood)."""
@@ -648,7 +754,7 @@ class ProtocolRun:
                  f"{p.model.embedding_size}-d; {p.folds} class-disjoint fold(s); search budget "
                  f"{p.budget.trials} completed trials per method ({p.budget.sampler}); "
                  f"{p.reproductions} reproduction(s) (seeds {', '.join(map(str, p.seeds))}); "
-                 f"early stopping on validation `{p.evaluation.primary}`.",
+                 f"{self.selection_sentence()}",
                  self.test_sentence() + " Values: mean ± 95 % t-interval over reproductions. "
                  f"Device {self.device}.", ""]
         for name, _ in p.pools:
@@ -679,11 +785,34 @@ class ProtocolRun:
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)
                 lines += self.ood_summary(sub, name, order)
+            pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
+            if pairs:
+                from bench.analysis.ablation import ablation_table
+
+                lines += ["", f"## {name}: each method against its own ablation "
+                          f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
+                          "t-interval)", ""]
+                lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
+            audit = pseudo_label_audit(self.dir / "runs", name, order)
+            if audit:
+                lines += ["", f"## {name}: target pseudo-labels per epoch against the hidden "
+                          "target training identities (audit only, mean over seeds; purity "
+                          "over clustered rows)", ""] + audit
+            used = {m: plugins.describe(u) for m, u in self.plan.plugins.items() if u}
+            if used:
+                lines += ["", "Plug-ins (installed distributions):", ""]
+                lines += [f"- {m}: {text}" for m, text in used.items()]
             if failures:
                 lines += ["", "Failed methods:", ""]
                 lines += [f"- {m}: {reason}" for m, reason in failures.items()]
             lines.append("")
         return "\n".join(lines)
+
+
+def pseudo_label_audit(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+    from bench.analysis.ablation import pseudo_label_table
+
+    return pseudo_label_table(runs, dataset, methods) if runs.is_dir() else []
 
 
 def run_protocol(path: str | Path, options: RunOptions | None = None

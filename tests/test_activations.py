@@ -42,7 +42,7 @@ def test_cache_is_keyed_by_weights_data_and_crop(tmp_path, monkeypatch):
     device = torch.device("cpu")
     first, split, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=None,
                                            device=device, progress=False)
-    assert not hit and len(list((tmp_path / "activations").glob("*.npy"))) == 1
+    assert not hit and len(list((tmp_path / "activations").glob("*.npz"))) == 1
     again, _, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=None,
                                        device=device, progress=False)
     assert hit and np.array_equal(first, again)

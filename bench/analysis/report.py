@@ -28,7 +28,8 @@ from bench.analysis.load import default_split, load_results
 from bench.errors import BenchError
 
 PROVENANCE = ["setting", "k", "query_reference", "folds", "backbone", "weights", "device",
-              "protocol_sha256", "search_seed", "bench", "torch", "pml", "optuna", "python"]
+              "protocol_sha256", "search_seed", "bench", "torch", "pml", "optuna", "python",
+              "plugins"]
 CLAIMS_DIR = Path("protocols/claims")
 
 
@@ -162,8 +163,26 @@ def _protocol_section(page: Page, frame: pd.DataFrame, protocol: str, *, metrics
                         f"{protocol}_{dataset}_pvalues",
                         f"{protocol} / {dataset} / {split}: Holm-adjusted p-values of the "
                         f"pairwise {tables.TEST_NAMES[test]}s on {comparison.primary}")
+        _embedding_section(page, plain, protocol, dataset, split, comparison.primary)
         if "fid" in rows.columns and rows["fid"].notna().any() and rows["split"].nunique() > 1:
             _ood_section(page, rows, protocol, dataset, comparison.primary)
+
+
+def _embedding_section(page: Page, rows: pd.DataFrame, protocol: str, dataset: str, split: str,
+                       metric: str) -> None:
+    """t-SNE of the saved test embeddings of the top methods (skipped when none were saved)."""
+    from bench.analysis.embedding_plot import CLASSES, figure_for
+
+    for source in dict.fromkeys(rows["source"]):
+        figure, methods = figure_for(rows[rows["source"] == source], Path(source), dataset,
+                                     split, metric)
+        if figure is None:
+            continue
+        page.figure(figure, f"{protocol}_{dataset}_embeddings",
+                    f"{protocol} / {dataset} / {split}: test embeddings of the top "
+                    f"{len(methods)} methods by {metric} ({', '.join(methods)}; lowest seed, "
+                    f"fold models concatenated), t-SNE to 2-D, {CLASSES} test classes spread "
+                    f"over the class list, coloured by class")
 
 
 def _ood_section(page: Page, rows: pd.DataFrame, protocol: str, dataset: str,

@@ -3,7 +3,9 @@
 A dataset is registered with :func:`register_dataset` (a decorator on its builder) or
 :func:`register` (a ready :class:`DatasetSpec`). Built-in datasets live in the modules listed in
 ``BUILTIN_MODULES``; they are imported on first lookup, so importing ``bench.data`` stays cheap and
-a new dataset module only has to be added to that tuple.
+a new dataset module only has to be added to that tuple. Installed distributions add datasets
+through the ``bench.datasets`` entry-point group (:mod:`bench.plugins`): the entry point names a
+:class:`DatasetSpec` (or a function returning one), registered under the entry point's name.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import plugins
 from bench.data import cache as _cache
 from bench.data.records import ImageDataset, standard_split
 from bench.errors import BenchError
@@ -24,6 +27,7 @@ from bench.errors import BenchError
 BUILTIN_MODULES: tuple[str, ...] = (
     "bench.data.glyphs",
     "bench.data.emoji",
+    "bench.data.glyph_cameras",
     # real datasets read from disk (bench/data/real/)
     "bench.data.real.cub",
     "bench.data.real.cars",
@@ -155,19 +159,42 @@ def _load_builtins() -> None:
             importlib.import_module(module)
 
 
-def dataset_names() -> list[str]:
-    """Names of every registered dataset, sorted."""
+def dataset_plugins() -> dict[str, plugins.Plugin]:
+    """Installed ``bench.datasets`` plug-ins; a name clash with a built-in is refused."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return plugins.discover("datasets", set(_REGISTRY))
+
+
+def dataset_names() -> list[str]:
+    """Names of every registered dataset and installed dataset plug-in, sorted."""
+    found = dataset_plugins()  # loads the built-ins first
+    return sorted({*_REGISTRY, *found})
+
+
+def dataset_origin(name: str) -> str:
+    """"built-in", or the distribution and version of the plug-in providing ``name``."""
+    found = dataset_plugins()
+    return found[name].origin if name in found else plugins.BUILTIN
 
 
 def get_spec(name: str) -> DatasetSpec:
     """The spec for ``name``, or a BenchError listing the known names."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise BenchError(f"unknown dataset {name!r}; known datasets: {known}", source="datasets")
-    return _REGISTRY[name]
+    found = dataset_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name not in found:
+        raise plugins.unknown_name("datasets", name, [*_REGISTRY, *found], source="datasets",
+                                   field="")
+    obj = found[name].load()
+    spec = obj() if callable(obj) and not isinstance(obj, DatasetSpec) else obj
+    if not isinstance(spec, DatasetSpec):
+        raise BenchError(f"{found[name].entry_point.value!r} is not a "
+                         f"bench.data.registry.DatasetSpec", source=f"entry point {name!r} of "
+                         f"group 'bench.datasets' ({found[name].origin})")
+    # the plug-in's version joins the cache key: an upgraded builder never reads a stale cache
+    return dataclasses.replace(spec, name=name,
+                               version=f"{spec.version}+{found[name].distribution}"
+                                       f"-{found[name].version}")
 
 
 def resolve_options(spec: DatasetSpec, options: Mapping[str, Any]) -> dict[str, Any]:

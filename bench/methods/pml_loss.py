@@ -1,4 +1,8 @@
-"""Any pytorch-metric-learning loss (and optional miner) by name, with its own parameters."""
+"""Any pytorch-metric-learning loss (and optional miner) by name, with its own parameters.
+
+Names come from PML itself (built-in) or from installed distributions' ``bench.losses`` /
+``bench.miners`` entry points (:mod:`bench.plugins`): PML-compatible classes, looked up by name.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pytorch_metric_learning import losses, miners
 from torch import nn
 
+from bench import plugins
 from bench.errors import BenchError
 from bench.methods.base import Batch, Method
 
@@ -25,6 +30,33 @@ def _classes_of(module: Any, base: type) -> dict[str, type]:
 
 LOSSES = _classes_of(losses, losses.BaseMetricLossFunction)
 MINERS = _classes_of(miners, miners.BaseMiner)
+
+
+def find_class(kind: str, name: str, *, source: str = "<protocol>",
+               field: str = "params") -> type:
+    """The loss or miner class called ``name``: PML's own, else an installed plug-in's."""
+    builtin, base = (LOSSES, losses.BaseMetricLossFunction) if kind == "losses" else (
+        MINERS, miners.BaseMiner)
+    found = plugins.discover(kind, set(builtin))  # a clash with a PML name is refused
+    if name in builtin:
+        return builtin[name]
+    if name not in found:
+        raise plugins.unknown_name(kind, name, [*builtin, *found], source=source, field=field)
+    return found[name].load(base)
+
+
+def loss_plugins_used(params: dict[str, Any]) -> dict[str, plugins.Plugin]:
+    """The plug-ins among a ``pml_loss`` entry's loss and miner (``group:name`` keys)."""
+    out = {}
+    for kind, builtin, key in (("losses", LOSSES, "loss"), ("miners", MINERS, "miner")):
+        name = params.get(key)
+        if isinstance(name, str) and name not in builtin:
+            found = plugins.discover(kind, set(builtin))
+            if name in found:
+                out[f"{found[name].group}:{name}"] = found[name]
+    return out
+
+
 # Losses whose constructor needs the class count and embedding size (proxy/classifier losses).
 _SIZED = {"num_classes", "embedding_size"}
 
@@ -76,12 +108,9 @@ class PmlLoss(Method):
             key = ".".join(str(p) for p in first["loc"])
             reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
             raise BenchError(reason, source=source, field=f"{field}.{key}") from None
-        if parsed.loss not in LOSSES:
-            raise BenchError(f"unknown loss {parsed.loss!r} (known: {', '.join(sorted(LOSSES))})",
-                             source=source, field=f"{field}.loss")
-        if parsed.miner is not None and parsed.miner not in MINERS:
-            raise BenchError(f"unknown miner {parsed.miner!r} (known: {', '.join(sorted(MINERS))})",
-                             source=source, field=f"{field}.miner")
+        find_class("losses", parsed.loss, source=source, field=f"{field}.loss")
+        if parsed.miner is not None:
+            find_class("miners", parsed.miner, source=source, field=f"{field}.miner")
         # Build once on tiny sizes so bad keyword arguments fail now, not mid-run.
         cls._build(parsed, num_classes=4, embedding_size=8, source=source, field=field)
         return parsed
@@ -89,14 +118,15 @@ class PmlLoss(Method):
     @staticmethod
     def _build(p: PmlLossParams, *, num_classes: int, embedding_size: int,
                source: str = "<protocol>", field: str = "params") -> tuple[nn.Module, Any]:
-        loss_class = LOSSES[p.loss]
+        loss_class = find_class("losses", p.loss, source=source, field=f"{field}.loss")
         kwargs = dict(p.loss_params)
         sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
         kwargs.update({name: sizes[name] for name in _sizes_to_inject(loss_class, kwargs)})
         loss = _construct(loss_class, kwargs, source=source, field=f"{field}.loss_params")
         miner = None
         if p.miner is not None:
-            miner = _construct(MINERS[p.miner], dict(p.miner_params), source=source,
+            miner_class = find_class("miners", p.miner, source=source, field=f"{field}.miner")
+            miner = _construct(miner_class, dict(p.miner_params), source=source,
                                field=f"{field}.miner_params")
         return loss, miner
 
