@@ -48,6 +48,7 @@ def test_bad_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
         embeddings.load(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     import torch
 
@@ -189,3 +190,34 @@ def test_report_shows_the_embedding_space_of_the_top_methods(finished_run: Path,
     (bare / "results.csv").write_bytes((finished_run / "results.csv").read_bytes())
     page = report(bare, out=tmp_path / "rep2", claims=[])[0].read_text(encoding="utf-8")
     assert "t-SNE" not in page
+
+
+@pytest.mark.slow
+def test_reid_embeddings_keep_gallery_ids_cameras_and_reevaluate(write_protocol, tmp_path: Path,
+                                                                 capsys) -> None:
+    path = write_protocol({
+        "setting": {"kind": "uda", "source": ["sans", "serif"], "target": ["mono", "stix"]},
+        "dataset": {"name": "glyphs", "options": {"image_size": 32, "max_classes": 48}},
+        "train": {"iterations": 6, "batch_size": 16, "m_per_class": 4, "validate_every": 3,
+                  "checkpoint": "last"},
+        "methods": [{"name": "contrastive", "params": {"loss": "ContrastiveLoss"}},
+                    {"name": "dimn", "method": "dimn"}],
+    })
+    results = tmp_path / "r"
+    assert main(["run", str(path), "--results", str(results), "--no-progress"]) == 0
+    run = results / "tiny"
+    saved = embeddings.load(run / "runs" / "sans+serif+mono+stix" / "contrastive" / "standard"
+                            / "seed0.embeddings.npz")
+    assert saved.reid and saved.meta["setting"] == "uda" and not saved.meta["score_fn"]
+    assert len(saved.gallery_ids) == len(saved.gallery_cameras) == len(saved.gallery[0])
+    assert len(saved.query_cameras) == len(saved.query_labels)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--recall-k", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "dimn" in err and "own score function" in err  # said, not silently re-scored
+    rows = pd.read_csv(run / "evaluation.csv")
+    assert set(rows["method"]) == {"contrastive"}
+    assert {"cmc_1", "cmc_3", "cmc_5", "cmc_10", "mAP"} == set(rows["metric"])
+    shared = rows["original_value"].notna()
+    assert ((rows["value"] - rows["original_value"]).abs()[shared]
+            <= rows["tolerance"][shared]).all()
