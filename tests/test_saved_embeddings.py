@@ -221,3 +221,20 @@ def test_reid_embeddings_keep_gallery_ids_cameras_and_reevaluate(write_protocol,
     shared = rows["original_value"].notna()
     assert ((rows["value"] - rows["original_value"]).abs()[shared]
             <= rows["tolerance"][shared]).all()
+
+
+def test_save_section_is_validated(write_protocol, capsys) -> None:
+    assert main(["validate", str(write_protocol({"save": {"embeddings": "float64"}}))]) == 2
+    err = capsys.readouterr().err
+    assert "save.embeddings" in err and len(err.strip().splitlines()) == 1
+    assert main(["validate", str(write_protocol({"save": {"checkpoint": "best"}}))]) == 2
+    assert "save.checkpoint" in capsys.readouterr().err
+    assert main(["validate", str(write_protocol({"save": {"embeddings": "float32",
+                                                          "checkpoints": "best"}}))]) == 0
+
+
+def test_float32_on_request(tmp_path: Path) -> None:
+    q = [np.linspace(0, 1, 30, dtype=np.float32).reshape(10, 3) + 1e-5]
+    path = embeddings.save(tmp_path / "s.embeddings.npz", query=q, query_labels=np.arange(10),
+                           meta={}, dtype="float32")
+    np.testing.assert_array_equal(embeddings.load(path).query[0], q[0])
