@@ -85,7 +85,7 @@ def make_augment(spec: AugmentationSpec):
                 crops.append(out[i:i + 1, :, top:top + out_h, left:left + out_w])
             out = torch.cat(crops)
         if spec.horizontal_flip > 0:
-            flip = torch.rand(n, generator=generator) < spec.horizontal_flip
+            flip = (torch.rand(n, generator=generator) < spec.horizontal_flip).to(out.device)
             out[flip] = out[flip].flip(-1)
         return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 

@@ -54,9 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(describe_plan(plan_protocol(args.protocol)))
         return 0
     started = time.perf_counter()
+    from bench.local_jobs import resolve_jobs
+
+    jobs = resolve_jobs(args.jobs, plan_protocol(args.protocol).protocol)
     options = RunOptions(results_root=Path(args.results), storage=args.storage, fresh=args.fresh,
                          progress=not args.no_progress, grace=args.grace,
-                         heartbeat=max(1, args.grace // 3))
+                         heartbeat=max(1, args.grace // 3), jobs=jobs)
     summary, failures = run_protocol(args.protocol, options)
     print(summary.read_text(encoding="utf-8"))
     print(f"wrote {summary.parent}/ (results.csv, summary.md, runs/, study.db) in "
@@ -150,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=int, default=30, metavar="SECONDS",
                      help="a trial whose process sent no heartbeat for this long is failed and "
                      "its slot re-run (default: 30)")
+    run.add_argument("-j", "--jobs", metavar="N|auto", default=None,
+                     help="processes sharing the work on this machine: this one plus N-1 local "
+                     "`bench worker` helpers, the cores split between them; same results as one "
+                     "process. auto (default, or $BENCH_JOBS): one per core (at most 4) for "
+                     "protocols of 16+ training runs whose search is in its seeded random phase "
+                     "(TPE with trials <= 5, or random), else 1")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a protocol file without running it")

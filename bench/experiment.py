@@ -137,22 +137,33 @@ class FoldResult:
 def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
                query: np.ndarray, gallery: np.ndarray | None, *, nmi: bool, seed: int,
                batch_size: int, device: torch.device,
+               precision: str = "fp32",
                sink: dict[str, list] | None = None) -> dict[str, float]:
     """Metrics of one model: retrieval with query = reference (``gallery`` None), else re-ID
     query -> gallery across cameras. Ranks with the method's ``score_fn`` when it has one.
+    Embeddings are extracted under ``precision``; the kNN search runs on ``device`` when it is
+    an accelerator (torch), else on faiss-cpu.
     ``sink``: the embeddings are appended to its "query" / "gallery" lists (to be saved)."""
     score_fn = method.score_fn(model, device)
-    q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device)
+    q = embed(model, inputs.tensor[query], batch_size=batch_size, device=device,
+              precision=precision)
     if sink is not None:
         sink.setdefault("query", []).append(q)
         sink.setdefault("score_fn", []).append(score_fn is not None)
     if gallery is None:
-        return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn)
-    g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device)
+        return evaluate_retrieval(q, ds.labels[query], nmi=nmi, seed=seed, score_fn=score_fn,
+                                  device=knn_device(device))
+    g = embed(model, inputs.tensor[gallery], batch_size=batch_size, device=device,
+              precision=precision)
     if sink is not None:
         sink.setdefault("gallery", []).append(g)
     return evaluate_reid(q, ds.labels[query], ds.cameras[query], g, reid_ids(ds, gallery),
                          ds.cameras[gallery], score_fn=score_fn)
+
+
+def knn_device(device: torch.device) -> torch.device | None:
+    """Where retrieval's exact kNN runs: torch on an accelerator, faiss-cpu (None) on the CPU."""
+    return device if device.type == "cuda" else None
 
 
 def reid_ids(ds: ImageDataset, rows: np.ndarray) -> np.ndarray:
@@ -178,7 +189,7 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     def validate(m: nn.Module) -> float:
         return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
                           nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
-                          device=device)[primary]
+                          device=device, precision=train_spec.precision)[primary]
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
@@ -229,12 +240,13 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
     nmi = protocol.evaluation.nmi and gallery is None
 
     def embeddings(mask: np.ndarray) -> list[np.ndarray]:
-        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device)
-               for r in results]
+        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device,
+                     precision=protocol.train.precision) for r in results]
         return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in out]
 
     out = {f"fold{i}": score_rows(r.model, r.method, ds, inputs, query, gallery, nmi=nmi,
-                                  seed=seed, batch_size=batch, device=device, sink=sink)
+                                  seed=seed, batch_size=batch, device=device,
+                                  precision=protocol.train.precision, sink=sink)
            for i, r in enumerate(results)}
     keys = out["fold0"].keys()
     out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(results))]))
@@ -246,7 +258,7 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
         if gallery is None:
             out["concatenated"] = evaluate_retrieval(
                 np.concatenate(q, axis=1), ds.labels[query], nmi=nmi, seed=seed,
-                score_fn=score_fn)
+                score_fn=score_fn, device=knn_device(device))
         else:
             g = embeddings(gallery)
             out["concatenated"] = evaluate_reid(

@@ -137,6 +137,14 @@ class TrainSpec(Section):
     #: source identities; target labels are never used for selection).
     checkpoint: Literal["best", "last"] = "best"
     eval_batch_size: int = Field(512, ge=1)
+    #: arithmetic of training and embedding extraction, the same for every method: fp32, or
+    #: autocast to bf16 / fp16 (fp16 with a grad scaler, CUDA only); see bench.precision
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: convolution weights in channels-last memory layout (faster on tensor cores)
+    channels_last: bool = False
+    #: threads preparing the next batches during a step; None = by input kind (0 for cached
+    #: features, else up to 4). Results do not depend on it (each batch has its own seed).
+    loader_workers: int | None = Field(None, ge=0, le=64)
 
     @model_validator(mode="after")
     def _batch_fits_sampler(self) -> TrainSpec:

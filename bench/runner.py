@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import bench
@@ -39,9 +40,11 @@ from bench.experiment import (
     prepare_inputs,
 )
 from bench.jobs import JobFailed, completed_results, job_step
+from bench.local_jobs import start_helpers, stop_helpers, threads_per_process
 from bench.methods import method_class, validate_method
 from bench.methods.base import DATA_LABELS
 from bench.models import BACKBONES
+from bench.precision import check_precision
 from bench.protocol import (
     DML_METRICS,
     METRICS,
@@ -169,6 +172,10 @@ def plan_protocol(path: str | Path) -> Plan:
     _check_sequence_spec(protocol, source)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("CUDA requested but no GPU is available", source=source, field="device")
+    try:
+        check_precision(protocol.train.precision, pick_device(protocol.device))
+    except ValueError as error:
+        raise BenchError(str(error), source=source, field="train.precision") from None
     text = Path(path).read_text(encoding="utf-8")
     used = plugins.protocol_plugins(protocol)
     if plugins.signature(used):  # a plug-in's version is part of the setting: in the hash
@@ -289,6 +296,8 @@ class RunOptions:
     poll: float = 1.0  # seconds between looks at the storage when others hold the work
     #: False for `bench worker`: do the shared work only, write nothing under results/
     writes_results: bool = True
+    #: processes sharing the work (`bench run -j`): this one plus jobs-1 local helpers
+    jobs: int = 1
 
 
 @dataclass
@@ -406,18 +415,34 @@ class ProtocolRun:
         if self.writes_results:
             self.prepare_directory()
         storage = None
-        for name, dspecs in self.p.pools:
-            ctx = self.load(name, dspecs)
-            if self.writes_results:
-                self.record_protocol()
-            if storage is None:
-                storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
-                                       grace=self.options.grace)
-            self.splits[name] = ctx.splits
-            self.work_through(ctx, storage)
+        helpers: list = []
+        try:
+            for name, dspecs in self.p.pools:
+                ctx = self.load(name, dspecs)
+                if self.writes_results:
+                    self.record_protocol()
+                if storage is None:
+                    storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                           grace=self.options.grace)
+                    helpers = self.start_helpers()
+                self.splits[name] = ctx.splits
+                self.work_through(ctx, storage)
+        finally:
+            stop_helpers(helpers, wait=2 * self.options.grace)
         if self.writes_results and self.p.split.kind == "fid_sequence":
             self.write_ood_figures()
         return self.dir / "summary.md"
+
+    def start_helpers(self) -> list:
+        """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
+        started once the first dataset's inputs are cached; threads split between them."""
+        if self.options.jobs <= 1:
+            return []
+        threads = threads_per_process(self.options.jobs)
+        torch.set_num_threads(threads)
+        threadpool_limits(limits=threads)
+        return start_helpers(self.plan.source, self.storage_url(),
+                             self.options.results_root, self.options.jobs - 1, threads)
 
     def work_through(self, ctx: DatasetContext, storage) -> None:
         """Round-robin over the methods, one unit of work (a search trial or a test job) at a
@@ -610,6 +635,8 @@ class ProtocolRun:
             "backbone": self.p.model.backbone,
             "weights": ctx.inputs.weights,
             "device": str(self.device),
+            "precision": self.p.train.precision,
+            "channels_last": self.p.train.channels_last,
             "bench": bench.__version__,
             "torch": torch.__version__,
             "pml": pytorch_metric_learning.__version__,

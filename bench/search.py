@@ -32,6 +32,8 @@ from bench.protocol import BudgetSpec, SearchDimension
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # bench reports failures itself
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING)
+#: TPE's random start-up trials: up to this many, trial k's values depend on k only
+TPE_STARTUP_TRIALS = 5
 
 
 class TrialFailed(RuntimeError):
@@ -174,7 +176,7 @@ class SlotSeededSampler(BaseSampler):
     def _make(self, seed: int) -> BaseSampler:
         if self.kind == "random":
             return RandomSampler(seed=seed)
-        return TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+        return TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         slot = assign_slot(study, trial.number)

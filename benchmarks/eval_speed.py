@@ -89,6 +89,100 @@ def make_data(n: int, dim: int, per_class: int, seed: int = 0) -> tuple[Any, Any
     return np.ascontiguousarray(x, dtype=np.float32), labels
 
 
+def make_sop_like(n: int, n_classes: int, dim: int, seed: int = 0) -> tuple[Any, Any]:
+    """SOP-shaped data: ``n_classes`` classes of uneven size (at least 2 each, as SOP's 2-12),
+    clustered as ``make_data``, L2-normalised like trained embeddings."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.sort(np.concatenate([np.arange(n_classes), np.arange(n_classes),
+                                     rng.integers(0, n_classes, n - 2 * n_classes)]))
+    centres = rng.standard_normal((n_classes, dim)).astype(np.float32)
+    x = centres[labels] * 0.5 + rng.standard_normal((len(labels), dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x, dtype=np.float32), labels
+
+
+def sop_worker(impl: str, part: str, n: int, n_classes: int, dim: int,
+               device: str) -> dict[str, Any]:
+    """One implementation, one part (``knn``: P@1/R-Precision/MAP@R, or ``nmi``), one call:
+    wall time and peak-RSS growth over the post-import, post-data baseline (and peak device
+    memory for a torch device)."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    x, labels = make_sop_like(n, n_classes, dim)
+    warm_x, warm_labels = make_sop_like(2000, 400, dim, seed=1)
+    names = ("nmi",) if part == "nmi" else COMPARED[:3]
+
+    def call(data: Any, lab: Any) -> dict[str, float]:
+        if impl == "pml":
+            from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+            calc = AccuracyCalculator(include=tuple(PML_NAMES[k] for k in names),
+                                      k="max_bin_count", device=torch.device("cpu"))
+            raw = calc.get_accuracy(data, lab)
+            return {k: float(raw[PML_NAMES[k]]) for k in names}
+        from bench.evaluate import evaluate_retrieval
+        from bench.evaluate.retrieval import encode_labels, nmi_score
+
+        if part == "nmi":
+            ids = encode_labels(lab, lab, "benchmark")[0]
+            return {"nmi": nmi_score(data, ids, PML_SEED)}
+        out = evaluate_retrieval(data, lab, nmi=False, recall_ks=(1,),
+                                 device=None if impl == "ours" else device)
+        return {k: out[k] for k in names}
+
+    call(warm_x, warm_labels)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    values = call(x, labels)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"seconds": seconds, "peak_rss_growth_mib": (after - before) / 1024,
+           "peak_rss_mib": after / 1024, "values": values,
+           "classes": int(len(np.unique(labels)))}
+    if impl == "torch" and device.startswith("cuda"):
+        out["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def report_sop(n: int, n_classes: int, dim: int, impls: list[str], device: str,
+               parts: list[str]) -> None:
+    """SOP scale: each implementation once per part, in its own process (PML needs ~9 GB)."""
+    import os
+
+    print(f"\nSOP scale: N={n}, {n_classes} classes (2-12+ per class), dim {dim}, "
+          f"L2-normalised; load {os.getloadavg()}; torch device for 'torch': {device}")
+    for part in parts:
+        results = {}
+        for impl in impls:
+            results[impl] = spawn("sop", impl, part, str(n), str(n_classes), str(dim), device)
+            r = results[impl]
+            extra = (f"; peak device memory {r['peak_device_mib']:.0f} MiB"
+                     if "peak_device_mib" in r else "")
+            print(f"  {part:3s} {impl:5s}: {r['seconds']:.1f} s; peak RSS {r['peak_rss_mib']:.0f}"
+                  f" MiB (growth {r['peak_rss_growth_mib']:.0f} MiB){extra}; "
+                  f"{ {k: round(v, 9) for k, v in r['values'].items()} }")
+        if "pml" in results:
+            for impl in impls:
+                if impl != "pml":
+                    print(f"  {part:3s} ratio {impl}/PML time: "
+                          f"{results[impl]['seconds'] / results['pml']['seconds']:.2f}")
+            for impl in impls:
+                for key, value in results[impl]["values"].items():
+                    assert abs(value - results["pml"]["values"][key]) <= 1e-6, (impl, key)
+        if "torch" in results and "ours" in results:
+            print(f"  {part:3s} speed-up torch ({device}) over faiss-cpu: "
+                  f"{results['ours']['seconds'] / results['torch']['seconds']:.2f}x")
+        print(f"  load after {part}: {os.getloadavg()}")
+
+
 def run_impl(impl: str, x: Any, labels: Any) -> dict[str, float]:
     """One full evaluation; returns the metric values under our key names."""
     if impl == "pml":
@@ -170,6 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sop", action="store_true",
+                        help="SOP scale instead of --sizes: one run per implementation and part")
+    parser.add_argument("--sop-n", type=int, default=60502)
+    parser.add_argument("--sop-classes", type=int, default=11316)
+    parser.add_argument("--sop-dim", type=int, default=512)
+    parser.add_argument("--impls", nargs="+", default=["pml", "ours"],
+                        choices=["pml", "ours", "torch"],
+                        help="--sop: pml, ours (faiss-cpu) and/or torch (our torch kNN)")
+    parser.add_argument("--parts", nargs="+", default=["knn", "nmi"], choices=["knn", "nmi"])
+    parser.add_argument("--device", default="cpu", help="torch device of the 'torch' impl")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -177,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         kind, *rest = args.worker
         if kind == "timing":
             out = timing_worker(*(int(v) for v in rest))
+        elif kind == "sop":
+            impl, part, n, n_classes, dim, device = rest
+            out = sop_worker(impl, part, int(n), int(n_classes), int(dim), device)
         else:
             out = memory_worker(rest[0], *(int(v) for v in rest[1:]))
         print(json.dumps(out))
@@ -187,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, faiss "
           f"{faiss.__version__}, torch threads {torch.get_num_threads()}, "
           f"faiss omp threads {faiss.omp_get_max_threads()}")
+    if args.sop:
+        report_sop(args.sop_n, args.sop_classes, args.sop_dim, args.impls, args.device,
+                   args.parts)
+        return
     for n in args.sizes:
         report_size(n, args.dim, args.per_class, args.repeats)
 

@@ -13,6 +13,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never touch the user's ~/.cache/bench; the session shares one cache for speed."""
     mp = pytest.MonkeyPatch()
     mp.setenv("BENCH_CACHE", str(tmp_path_factory.mktemp("bench-cache")))
+    mp.setenv("BENCH_JOBS", "1")  # `bench run` in one process unless a test asks for -j
     yield
     mp.undo()
 

@@ -243,12 +243,14 @@ def _drop_self(dist: np.ndarray, idx: np.ndarray,
 
 def nearest_neighbours(query: np.ndarray, reference: np.ndarray, k: int, *,
                        self_index: np.ndarray | None = None, score_fn: ScoreFn | None = None,
-                       chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+                       chunk_size: int = DEFAULT_CHUNK,
+                       device: torch.device | str | None = None) -> np.ndarray:
     """(len(query), k) reference indices, best first, equal distances/scores by lower index.
 
     ``self_index[i]`` is the reference row that query ``i`` must never retrieve (itself).
-    Without ``score_fn`` the ranking is faiss ``IndexFlatL2`` (as PML); with it, chunked
-    dense scoring.
+    Without ``score_fn`` the ranking is faiss ``IndexFlatL2`` (as PML), or with ``device`` the
+    same exact search in torch on that device (bench.evaluate.torch_knn, same tie rule); with
+    ``score_fn``, chunked dense scoring.
     """
     query = as_embeddings(query, "query", SOURCE)
     reference = as_embeddings(reference, "reference", SOURCE)
@@ -258,6 +260,10 @@ def nearest_neighbours(query: np.ndarray, reference: np.ndarray, k: int, *,
                          field="k")
     if self_index is not None:
         self_index = np.asarray(self_index, dtype=np.int64)
+    if score_fn is None and device is not None:
+        from bench.evaluate.torch_knn import torch_neighbours
+
+        return torch_neighbours(query, reference, k, self_index, chunk_size, device)
     if score_fn is None:
         return faiss_neighbours(query, reference, k, self_index, chunk_size)
     return dense_neighbours(query, reference, k, self_index, score_fn, chunk_size, SOURCE)
@@ -319,13 +325,16 @@ def evaluate_retrieval(query: Any, query_labels: Any, reference: Any = None,
                        reference_labels: Any = None, *, k: int | str = "max_bin_count",
                        recall_ks: Sequence[int] = (1, 2, 4, 8), nmi: bool = True,
                        score_fn: ScoreFn | None = None, seed: int = 0,
-                       chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
+                       chunk_size: int = DEFAULT_CHUNK,
+                       device: torch.device | str | None = None) -> dict[str, float]:
     """Precision@1, R-Precision, MAP@R, Recall@k and NMI from one neighbour search.
 
     ``reference=None``: the query set is its own reference, self-match excluded. Queries whose
     class has no other member among the references are left out of the kNN metrics (as PML);
     if none remain those metrics are NaN. NMI clusters the query embeddings only. ``k`` as in
     PML (``"max_bin_count"`` makes R-metrics exact). ``seed`` seeds k-means (PML uses 1234).
+    ``device``: None searches with faiss-cpu; a torch device (e.g. the CUDA device training
+    ran on) runs the same exact search with torch there.
     """
     q = as_embeddings(query, "query", SOURCE)
     q_lab = as_labels(query_labels, len(q), "query_labels", SOURCE)
@@ -359,7 +368,7 @@ def evaluate_retrieval(query: Any, query_labels: Any, reference: Any = None,
     else:
         num_k = resolve_k(k, int(relevant[valid].max()), recall_ks, available)
         knn = nearest_neighbours(q[valid], ref, num_k, self_index=valid if self_mode else None,
-                                 score_fn=score_fn, chunk_size=chunk_size)
+                                 score_fn=score_fn, chunk_size=chunk_size, device=device)
         results = knn_metrics(r_ids[knn], q_ids[valid], ref_counts, self_mode, recall_ks)
     if nmi:
         results["nmi"] = nmi_score(q, q_ids, seed)

@@ -40,6 +40,16 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _forget_pool() -> None:
+    """A forked child (e.g. a DataLoader worker) inherits the pool object but not its threads:
+    submitting to it would wait forever, so the child starts a pool of its own."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def normalise_size(image_size: int | Sequence[int]) -> tuple[int, int, bool]:
     """(height, width, crop): an int means a square centre crop, a pair a plain resize."""
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):

@@ -1,0 +1,88 @@
+"""`bench run -j N`: local helper processes that share the run's work through its storage.
+
+Why processes: one run process keeps about 1.25 of 2 cores busy on small models (the head's
+matrix products are too small to use both cores; see benchmarks/scaling.py), so a second
+process doing other trials is the only way to fill the machine. The helpers are plain
+`bench worker` processes on the run's own storage, started once the first dataset's inputs are
+built and cached (so they load them, not build them again); the storage hands out trials and
+test jobs, and every value is the same as in one process: trial k's parameters depend on k
+only while the sampler is in its random start-up phase (``budget.trials`` up to TPE's 5 start-up
+trials), and each training run is seeded by its own seed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: `-j auto` runs helpers only for protocols with at least this many training runs: below it,
+#: a helper's start-up (imports, dataset and feature cache loading: ~6 s) is not repaid
+AUTO_MIN_RUNS = 16
+
+
+def auto_jobs(training_runs: int, budget) -> int:
+    """Processes for `-j auto`: one per core (at most 4) for runs large enough to repay a
+    helper's start-up, 1 otherwise, and 1 when TPE's model phase makes trial values depend on
+    the order trials complete in (``budget.trials`` above TPE's start-up trials)."""
+    from bench.search import TPE_STARTUP_TRIALS
+
+    cores = os.cpu_count() or 1
+    order_dependent = budget.sampler == "tpe" and budget.trials > TPE_STARTUP_TRIALS
+    if training_runs < AUTO_MIN_RUNS or order_dependent:
+        return 1
+    return max(1, min(4, cores))
+
+
+def training_runs(protocol) -> int:
+    """Training runs of the default split (search trials x folds + reproductions x folds)."""
+    per_method = [((protocol.budget.trials if m.search else 0) + protocol.reproductions)
+                  * protocol.folds for m in protocol.methods]
+    return sum(per_method) * len(protocol.pools)
+
+
+def resolve_jobs(jobs: str | int | None, protocol) -> int:
+    """``-j``: an int, or ``auto`` / None (then ``$BENCH_JOBS`` if set, else auto_jobs)."""
+    if jobs is None or jobs == "auto":
+        jobs = os.environ.get("BENCH_JOBS") or "auto"
+    if jobs == "auto":
+        return auto_jobs(training_runs(protocol), protocol.budget)
+    try:
+        value = int(jobs)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from bench.errors import BenchError
+
+        raise BenchError(f"must be a positive integer or 'auto', got {jobs!r}", field="-j/--jobs")
+    return value
+
+
+def threads_per_process(jobs: int) -> int:
+    """Torch / BLAS threads each of ``jobs`` processes gets (together: the machine's cores)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def start_helpers(protocol: str | Path, storage: str, results: Path, count: int,
+                  threads: int) -> list[subprocess.Popen]:
+    """``count`` `bench worker` processes on ``storage``; their progress bars are off and their
+    errors reach this terminal."""
+    command = [sys.executable, "-m", "bench", "worker", str(protocol), "--storage", storage,
+               "--results", str(results), "--threads", str(threads), "--no-progress"]
+    return [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(count)]
+
+
+def stop_helpers(helpers: list[subprocess.Popen], *, wait: float) -> None:
+    """Wait up to ``wait`` s for helpers to finish (they exit when no work is left), then end
+    the ones still running (their unfinished trials are failed by heartbeat and re-run)."""
+    for proc in helpers:
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,62 @@
+"""`bench run -j N`: local helper processes share the work and give the one-process values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.local_jobs import auto_jobs, resolve_jobs, training_runs
+from bench.protocol import BudgetSpec, parse_protocol
+
+SEARCHED = [
+    {"name": "contrastive", "params": {"loss": "ContrastiveLoss"},
+     "search": {"loss_params.neg_margin": {"type": "float", "low": 0.4, "high": 1.4}}},
+    {"name": "proxy_anchor", "params": {"loss": "ProxyAnchorLoss"},
+     "search": {"loss_optimizer.lr": {"type": "log_float", "low": 0.003, "high": 0.3}}},
+]
+
+
+def test_auto_jobs_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert auto_jobs(80, BudgetSpec(trials=3)) == 2
+    assert auto_jobs(8, BudgetSpec(trials=3)) == 1  # too small to repay a helper's start-up
+    assert auto_jobs(80, BudgetSpec(trials=20)) == 1  # TPE past start-up: order-dependent
+    assert auto_jobs(80, BudgetSpec(trials=20, sampler="random")) == 2
+    protocol = parse_protocol({"name": "p", "dataset": {"name": "glyphs"}, "folds": 2,
+                               "reproductions": 2, "budget": {"trials": 3},
+                               "methods": SEARCHED})
+    assert training_runs(protocol) == 2 * (3 + 2) * 2
+    monkeypatch.delenv("BENCH_JOBS", raising=False)
+    assert resolve_jobs(None, protocol) == 2 and resolve_jobs("3", protocol) == 3
+    monkeypatch.setenv("BENCH_JOBS", "1")
+    assert resolve_jobs(None, protocol) == 1
+    with pytest.raises(BenchError, match="positive integer"):
+        resolve_jobs("0", protocol)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(write_protocol, tmp_path: Path) -> None:
+    protocol = write_protocol({
+        "train": {"iterations": 12, "batch_size": 32, "m_per_class": 4, "validate_every": 4,
+                  "patience": 3},
+        "budget": {"trials": 2, "sampler": "tpe", "seed": 0},
+        "methods": SEARCHED,
+    })
+    tables = {}
+    for jobs in ("1", "2"):
+        results = tmp_path / f"j{jobs}"
+        assert main(["run", str(protocol), "--results", str(results), "--no-progress",
+                     "-j", jobs]) == 0
+        table = pd.read_csv(results / "tiny" / "results.csv")
+        keys = ["method", "seed", "model", "metric"]
+        tables[jobs] = table.sort_values(keys).reset_index(drop=True)
+    one, two = tables["1"], tables["2"]
+    assert len(one) == len(two) > 0
+    pd.testing.assert_frame_equal(one[["method", "seed", "model", "metric", "value",
+                                       "hyperparameters"]],
+                                  two[["method", "seed", "model", "metric", "value",
+                                       "hyperparameters"]])
