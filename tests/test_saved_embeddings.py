@@ -206,7 +206,7 @@ def test_reid_embeddings_keep_gallery_ids_cameras_and_reevaluate(write_protocol,
     results = tmp_path / "r"
     assert main(["run", str(path), "--results", str(results), "--no-progress"]) == 0
     run = results / "tiny"
-    saved = embeddings.load(run / "runs" / "sans+serif+mono+stix" / "contrastive" / "standard"
+    saved = embeddings.load(run / "runs" / "glyphs" / "contrastive" / "standard"
                             / "seed0.embeddings.npz")
     assert saved.reid and saved.meta["setting"] == "uda" and not saved.meta["score_fn"]
     assert len(saved.gallery_ids) == len(saved.gallery_cameras) == len(saved.gallery[0])
