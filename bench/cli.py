@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_STATE, BenchError, StateError
 
 DESCRIPTION = """\
 bench: fair, reproducible benchmarks for deep metric learning and domain-adaptive re-ID.
@@ -34,7 +34,8 @@ examples:
   bench status protocols/quick.yaml       per-method progress read from the storage
   bench rebuild protocols/quick.yaml      results/<protocol>/ rebuilt from the storage alone
 
-exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input.
+exit codes: 0 success, 1 a method failed (others still recorded), 2 bad input, 3 damaged or
+unusable state (storage, cache or results folder: the line names the file and what to do).
 """
 
 
@@ -49,7 +50,10 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import RunOptions, describe_plan, plan_protocol, run_protocol
+    from bench.state import check_grace, check_storage_url
 
+    check_grace(args.grace)  # options first: refused before the protocol's data loads
+    check_storage_url(args.storage)
     if args.dry_run:
         print(describe_plan(plan_protocol(args.protocol)))
         return 0
@@ -70,10 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.feasibility import check_data
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)
     p = plan.protocol
+    for note in check_data(p, plan.source):  # class counts: folds and sampler batches
+        print(f"{args.protocol}: note: {note}")
     datasets = ", ".join(d.name for d in p.dataset_specs)
     print(f"{args.protocol}: valid — dataset(s) {datasets}, {len(p.methods)} methods "
           f"({', '.join(m.name for m in p.methods)}), {p.folds} fold(s), "
@@ -207,14 +214,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StateError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. a full results disk: results already stored are kept
+        return EXIT_BAD_INPUT
+    except OSError as error:  # e.g. a full or read-only results disk: stored results are kept
         where = f"{error.filename}: " if error.filename else ""
         print(f"bench: error: {where}{error.strerror or error}; results already written are "
-              f"kept (re-run to resume)", file=sys.stderr)
-        return 2
+              f"kept (free space or fix permissions, then re-run to resume)", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
+    except Exception as error:
+        from bench.state import storage_error_line
+
+        line = storage_error_line(error, args)
+        if line is None:
+            raise  # a bug: keep the traceback
+        print(f"bench: error: {line}", file=sys.stderr)
+        return EXIT_DAMAGED_STATE
     except KeyboardInterrupt:
         print("bench: interrupted; results already written are kept", file=sys.stderr)
         return 130

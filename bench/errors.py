@@ -26,3 +26,13 @@ class BenchError(Exception):
 class DataError(BenchError):
     """A data file went bad (missing, corrupt, refused): never the method's fault, so a search
     trial that meets one is not counted as the method's failure; the run stops with exit 2."""
+
+
+class StateError(BenchError):
+    """Damaged or unusable state, not a bad input: a storage file that is not a database, a
+    results folder that cannot be written, a path that would leave ``RESULTS/<name>/``. The CLI
+    prints one line naming the file and what to do, and exits with code 3."""
+
+
+#: exit codes, as README.md lists them
+EXIT_OK, EXIT_METHOD_FAILED, EXIT_BAD_INPUT, EXIT_DAMAGED_STATE = 0, 1, 2, 3

@@ -8,7 +8,7 @@ data its setting offers and it declares.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,9 @@ from torch import nn
 from bench.augment import make_augment
 from bench.data.merge import junk_classes
 from bench.data.records import ImageDataset
+from bench.errors import BenchError, DataError
 from bench.evaluate import evaluate_reid, evaluate_retrieval
+from bench.evaluate.pseudo_labels import pseudo_label_quality
 from bench.features import trunk_features
 from bench.methods import method_class
 from bench.methods.base import Method, ScoreFn
@@ -132,6 +134,7 @@ class FoldResult:
     data_used: frozenset[str]
     #: the state at the end of training (only kept for ``save: {checkpoints: last}``)
     last_state: dict[str, torch.Tensor] | None = None
+    epochs: list[dict[str, float]] = field(default_factory=list)  # pseudo-label audit
 
 
 def score_rows(model: nn.Module, method: Method, ds: ImageDataset, inputs: Inputs,
@@ -187,18 +190,44 @@ def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layou
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:
-        return score_rows(m, plugin, ds, inputs, rows.validation, rows.validation_gallery,
-                          nmi=primary == "nmi", seed=seed, batch_size=train_spec.eval_batch_size,
-                          device=device, precision=train_spec.precision)[primary]
+        try:
+            with plugin.evaluation_domain(m, "source"):  # held-out labeled (source) identities
+                return score_rows(m, plugin, ds, inputs, rows.validation,
+                                  rows.validation_gallery, nmi=primary == "nmi", seed=seed,
+                                  batch_size=train_spec.eval_batch_size, device=device,
+                                  precision=train_spec.precision)[primary]
+        except BenchError as error:
+            if error.field != "gallery_ids":
+                raise  # e.g. a method's NaN scores: its own failure
+            # the data cannot validate (no cross-camera match): not the method's failure
+            raise validation_data_error(error, protocol, ds, split) from None
+
+    truth = ds.labels[rows.target_rows]  # audit only: never given to the method
+
+    def monitor(method: Method) -> dict[str, float]:
+        pseudo = method.pseudo_labels()
+        return {} if pseudo is None else pseudo_label_quality(pseudo[0], pseudo[1], truth)
 
     augment = None if inputs.frozen else make_augment(train_spec.augmentation)
     result = train(model, plugin, rows.data, train_spec, validate=validate, seed=seed,
-                   device=device, augment=augment, progress=progress, description=description)
+                   device=device, augment=augment, progress=progress, description=description,
+                   epoch_monitor=monitor)
     last = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if protocol.save.checkpoints == "last" else None)
     model.load_state_dict(result.best_state)
     return FoldResult(result.best_score, result.best_iteration, result.iterations_run,
-                      result.history, model, plugin, consumed, last)
+                      result.history, model, plugin, rows.data.kinds, last, result.epochs)
+
+
+def validation_data_error(error: BenchError, protocol: Protocol, ds: ImageDataset,
+                          split: ClassSplit) -> DataError:
+    """The line for validation data that cannot be scored (e.g. re-ID validation identities
+    with no same-identity image from another camera): names validation and the source."""
+    source = ", ".join(protocol.setting.source) or ds.name
+    return DataError(f"validation ({split.name}, held-out identities of the source {source}) "
+                     f"cannot be scored: {error.reason}; choose source data whose identities "
+                     f"appear under several cameras, or more validation identities",
+                     source=f"dataset {ds.name}", field="split.validation_fraction")
 
 
 def concatenated_score_fn(score_fns: list[ScoreFn | None], widths: list[int]) -> ScoreFn | None:

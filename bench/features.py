@@ -7,8 +7,6 @@ cached features, so the trunk's forward pass is paid once for the whole protocol
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.data.records import ImageDataset
+from bench.digest import load_verified, note, save_verified
 from bench.models import Normalize, build_trunk
 from bench.models.backbones import IMAGENET_NORMALIZATION, InputNormalization
 from bench.paths import cache_root
@@ -52,14 +51,6 @@ def extract(network: nn.Module, images: np.ndarray, *, device: torch.device, bat
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
 def trunk_features(ds: ImageDataset, backbone: str, *, pretrained: bool, device: torch.device,
                    progress: bool = True, use_cache: bool = True) -> tuple[np.ndarray, str]:
     """Pooled trunk features for every image of ``ds``; returns (features, weights origin)."""
@@ -67,11 +58,34 @@ def trunk_features(ds: ImageDataset, backbone: str, *, pretrained: bool, device:
         torch.manual_seed(0)  # a random-init trunk must still be the same trunk every time
     trunk = build_trunk(backbone, pretrained=pretrained)
     key = f"{dataset_fingerprint(ds)}-{backbone}-{trunk.weights.replace(':', '_')}"
-    path = cache_root() / "features" / f"{key}.npy"
-    if use_cache and path.is_file():
-        return np.load(path, allow_pickle=False), trunk.weights
+    path = cache_root() / "features" / f"{key}.npz"
+    if use_cache:
+        cached = load_features(path, len(ds.images))
+        if cached is not None:
+            return cached, trunk.weights
     features = extract(trunk.network, ds.images, device=device, progress=progress,
                        description=f"{backbone} features", normalization=trunk.normalization)
     if use_cache:
-        _save_atomically(path, features)
+        save_features(path, features)
     return features, trunk.weights
+
+
+def load_features(path: Path, rows: int) -> np.ndarray | None:
+    """A verified features entry of ``rows`` float32 rows, or None (absent, or damaged: one
+    line says it is rebuilt)."""
+    arrays, damage = load_verified(path)
+    if arrays is not None:
+        features = arrays.get("features")
+        if features is None or features.dtype != np.float32 or features.ndim != 2 \
+                or len(features) != rows:
+            shape = None if features is None else (features.dtype, features.shape)
+            damage = f"holds {shape}, expected float32 features of {rows} rows"
+        else:
+            return features
+    if damage is not None:
+        note(path, damage)
+    return None
+
+
+def save_features(path: Path, features: np.ndarray) -> None:
+    save_verified(path, {"features": np.ascontiguousarray(features, dtype=np.float32)})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import BenchError
+from bench.safe_paths import NAME_PATTERN
 from bench.yaml_file import read_yaml
 
 DML_METRICS = (
@@ -23,6 +25,11 @@ DML_METRICS = (
 )
 #: query -> gallery across cameras (Market-1501 rules): what `uda` and `dg` report
 REID_METRICS = ("cmc_1", "cmc_5", "cmc_10", "mAP")
+#: seeds must fit numpy's and torch's generators (2**32 - 1); negative seeds are refused
+MAX_SEED = 2**32 - 1
+#: search bounds: finite and of a plausible size (a bound like 1e308 overflows the midpoint)
+MAX_BOUND = 1e12
+MAX_CHOICES = 1000
 METRICS = DML_METRICS + REID_METRICS
 
 
@@ -65,8 +72,8 @@ class ModelSpec(Section):
     backbone: str = "mobilenet_v2"
     pretrained: bool = True
     trunk: Literal["all", "none", "last_stage"] = "none"
-    embedding_size: int = Field(128, ge=2)
-    head_hidden: int = Field(512, ge=0)
+    embedding_size: int = Field(128, ge=2, le=65_536)
+    head_hidden: int = Field(512, ge=0, le=65_536)
     #: every BatchNorm layer of the trunk stays in eval mode while training (running statistics
     #: frozen); its affine parameters are frozen too unless ``freeze_batchnorm_affine`` is false
     freeze_batchnorm: bool = False
@@ -116,9 +123,9 @@ class AugmentationSpec(Section):
 
 
 class TrainSpec(Section):
-    iterations: int = Field(400, ge=1)
-    batch_size: int = Field(64, ge=2)
-    m_per_class: int = Field(4, ge=1)
+    iterations: int = Field(400, ge=1, le=10**9)
+    batch_size: int = Field(64, ge=2, le=1_000_000)
+    m_per_class: int = Field(4, ge=1, le=1_000_000)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     loss_optimizer: OptimizerSpec = Field(
         default_factory=lambda: OptimizerSpec(lr=1e-2),
@@ -166,15 +173,19 @@ class SearchDimension(Section):
     """One searched hyperparameter: float, log_float, int or categorical."""
 
     type: Literal["float", "log_float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    choices: list[Any] | None = None
+    low: float | None = Field(None, allow_inf_nan=False, ge=-MAX_BOUND, le=MAX_BOUND)
+    high: float | None = Field(None, allow_inf_nan=False, ge=-MAX_BOUND, le=MAX_BOUND)
+    choices: list[Any] | None = Field(None, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _bounds(self) -> SearchDimension:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical dimension needs a non-empty `choices` list")
+            for choice in self.choices:
+                if not _scalar_choice(choice):
+                    raise ValueError(f"choices must be scalars (string, number, true/false or "
+                                     f"null), got {choice!r}")
         elif self.low is None or self.high is None or not self.low < self.high:
             raise ValueError(f"a {self.type} dimension needs `low` < `high`")
         elif self.type == "log_float" and self.low <= 0:
@@ -182,16 +193,25 @@ class SearchDimension(Section):
         return self
 
 
+def _scalar_choice(value: Any) -> bool:
+    """What optuna can store as a categorical choice: a finite scalar."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
+
+
 #: Search keys that are not paths into ``params`` but still belong to the method.
 RESERVED_SEARCH_KEYS = ("loss_optimizer.lr",)
 
 
 class MethodSpec(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)  # a folder under runs/: one safe path component
     method: str = "pml_loss"
     params: dict[str, Any] = Field(default_factory=dict)
     #: dotted paths into ``params`` (or ``loss_optimizer.lr``) -> search dimension
     search: dict[str, SearchDimension] = Field(default_factory=dict)
+    #: this entry is the named entry's own ablation: the summary shows the paired difference
+    ablation_of: str | None = None
 
 
 class SettingSpec(Section):
@@ -225,10 +245,10 @@ class SettingSpec(Section):
 class BudgetSpec(Section):
     """The same search machinery and number of completed trials for every method."""
 
-    trials: int = Field(0, ge=0)
+    trials: int = Field(0, ge=0, le=100_000)
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
-    max_failures: int = Field(3, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    max_failures: int = Field(3, ge=0, le=100_000)
 
 
 class SaveSpec(Section):
@@ -239,7 +259,7 @@ class SaveSpec(Section):
 
 
 class Protocol(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)  # RESULTS/<name>/: not `.`, `..` or hidden
     description: str = ""
     dataset: DatasetSpec | None = None
     #: several datasets in one protocol (e.g. CUB200, Cars196, SOP); exclusive with ``dataset``
@@ -249,11 +269,11 @@ class Protocol(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    folds: int = Field(1, ge=1)
+    folds: int = Field(1, ge=1, le=1000)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     #: the chosen hyperparameters are retrained this many times, seeds seed, seed+1, ...
-    reproductions: int = Field(1, ge=1)
-    seed: int = 0
+    reproductions: int = Field(1, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     methods: list[MethodSpec] = Field(min_length=1)
     save: SaveSpec = Field(default_factory=SaveSpec)
@@ -265,6 +285,11 @@ class Protocol(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"method names must be unique; repeated: {', '.join(duplicates)}")
+        for m in methods:
+            if m.ablation_of is not None and (m.ablation_of == m.name
+                                              or m.ablation_of not in names):
+                raise ValueError(f"{m.name}: ablation_of {m.ablation_of!r} names no other "
+                                 "method of the protocol")
         return methods
 
     @model_validator(mode="after")
@@ -288,6 +313,14 @@ class Protocol(Section):
         elif primary not in allowed:
             raise ValueError(f"evaluation.primary {primary!r} is not reported in setting "
                              f"{self.setting.kind!r} (use one of {', '.join(allowed)})")
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_in_range(self) -> Protocol:
+        last = self.seed + self.reproductions - 1
+        if last > MAX_SEED:
+            raise ValueError(f"seeds run from seed {self.seed} to {last}, past {MAX_SEED} (the "
+                             "largest seed numpy and torch accept): lower `seed`")
         return self
 
     @property

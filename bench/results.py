@@ -1,8 +1,9 @@
 """Results files: per-run JSON records, the tidy table rebuilt from them, and the summary.
 
-Each finished reproduction is written atomically as its own JSON file, so a killed run loses
-nothing already finished and a re-run never duplicates rows: ``results.csv`` is always rebuilt
-from the run files.
+Each finished reproduction is written atomically as its own JSON file, from the storage, so a
+killed run loses nothing already finished. ``results.csv`` and ``summary.md`` are built from the
+storage's results (``bench.results_source``), never from the run files: a stray or edited run
+file cannot change a table.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def collect_rows(run_dir: Path) -> list[dict]:
-    """Every row of every run file under ``run_dir``, in a stable order."""
+    """Every row of every run file under ``run_dir``, in a stable order (for reading a results
+    folder by hand; the runner's tables come from the storage, not from this)."""
     rows: list[dict] = []
     for path in sorted(run_dir.glob("**/*.json")):
         record = read_json(path)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.experiment import (
     fit_fold,
     prepare_inputs,
 )
+from bench.feasibility import check_sampler, make_folds
 from bench.jobs import JobFailed, completed_results, job_step
 from bench.local_jobs import start_helpers, stop_helpers, threads_per_process
 from bench.methods import method_class, validate_method
@@ -57,7 +57,6 @@ from bench.protocol import (
     load_protocol,
 )
 from bench.results import (
-    collect_rows,
     read_json,
     sequence_table,
     summary_table,
@@ -65,12 +64,16 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
+from bench.results_source import read_protocol_copy, rows_of
+from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
 from bench.splits import ClassSplit
-from bench.splits.kfold import kfold_splits, split_hash
+from bench.splits.kfold import split_hash
 from bench.splits.named import NamedSplit, from_document, split_file_path, standard
+from bench.state import delete_protocol_studies
 from bench.train import DivergedError
+from bench.yaml_file import read_text_bounded
 
 
 @dataclass
@@ -176,7 +179,7 @@ def plan_protocol(path: str | Path) -> Plan:
         check_precision(protocol.train.precision, pick_device(protocol.device))
     except ValueError as error:
         raise BenchError(str(error), source=source, field="train.precision") from None
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text_bounded(path, what="protocol")  # the size and encoding checks again
     used = plugins.protocol_plugins(protocol)
     if plugins.signature(used):  # a plug-in's version is part of the setting: in the hash
         digest = hashlib.sha256(json.dumps([digest, plugins.signature(used)],
@@ -324,7 +327,10 @@ class ProtocolRun:
         self.plan = plan
         self.p = plan.protocol
         self.options = options
-        self.dir = options.results_root / self.p.name
+        self.dir = protocol_dir(options.results_root, self.p.name)  # confined, links resolved
+        #: (pool, method) -> job -> result document, as read from the storage: the only
+        #: source of results.csv and summary.md (run files are written from it, never read)
+        self.stored: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.device = pick_device(self.p.device)
         self.states: dict[tuple[str, str], MethodState] = {}
         self.splits: dict[str, list[NamedSplit]] = {}
@@ -334,11 +340,12 @@ class ProtocolRun:
     # -- set-up -------------------------------------------------------------------------------
     def prepare_directory(self) -> None:
         """Refuse to mix results of a changed protocol; --fresh starts over. Writes nothing."""
-        copy = self.dir / "protocol.yaml"
-        if self.options.fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        if copy.is_file():
-            previous = copy.read_text(encoding="utf-8")
+        copy = confined(self.dir, "protocol.yaml")
+        if self.options.fresh:
+            remove_written(self.dir)  # what a run writes there, and nothing else
+        check_tree(self.dir)  # no link out of it, writable: refused before any work
+        if copy.exists():
+            previous = read_protocol_copy(copy)
             if previous != self.plan.protocol_text:
                 diff = "".join(difflib.unified_diff(
                     previous.splitlines(True), self.plan.protocol_text.splitlines(True),
@@ -347,19 +354,20 @@ class ProtocolRun:
                 raise BenchError(f"changed since the results in {self.dir} were started (diff "
                                  f"above); rerun with --fresh to discard them",
                                  source=self.plan.source)
-        plugins.check_recorded(self.dir / "plugins.json", plugins.signature(self.plan.plugins),
+        plugins.check_recorded(confined(self.dir, "plugins.json"),
+                               plugins.signature(self.plan.plugins),
                                source=self.plan.source)
 
     def record_protocol(self) -> None:
         """Keep the protocol as first run beside its results (after inputs proved loadable)."""
-        copy = self.dir / "protocol.yaml"
+        copy = confined(self.dir, "protocol.yaml")
         if not copy.is_file():
             write_text_atomically(copy, self.plan.protocol_text)
-        if not (self.dir / "plugins.json").is_file():
-            write_json(self.dir / "plugins.json", plugins.signature(self.plan.plugins))
+        if not confined(self.dir, "plugins.json").is_file():
+            write_json(confined(self.dir, "plugins.json"), plugins.signature(self.plan.plugins))
 
     def storage_url(self) -> str:
-        return self.options.storage or f"sqlite:///{(self.dir / 'study.db').resolve()}"
+        return self.options.storage or f"sqlite:///{confined(self.dir, 'study.db')}"
 
     def load(self, name: str, dspecs: list[DatasetSpec]) -> DatasetContext:
         ds = merge_datasets([load_dataset(d.name, **d.options) for d in dspecs])
@@ -369,11 +377,15 @@ class ProtocolRun:
         else:
             splits = [NamedSplit("standard", layout.train_classes, layout.test_classes)]
         default = next(s for s in splits if s.is_default)
+        folds = self.make_folds(default, pool=name)  # class counts checked before any work
         inputs = prepare_inputs(self.p, ds, self.device, self.options.progress)
-        return DatasetContext(name, ds, layout, inputs, splits, self.make_folds(default))
+        return DatasetContext(name, ds, layout, inputs, splits, folds)
 
-    def make_folds(self, split: NamedSplit) -> list[ClassSplit]:
-        return kfold_splits(split.train, split.test, self.p.folds, self.p.validation_fraction())
+    def make_folds(self, split: NamedSplit, pool: str = "") -> list[ClassSplit]:
+        folds = make_folds(self.p, split.train, split.test, source=self.plan.source,
+                           pool=pool or self.p.name, split_id=split.id)
+        check_sampler(self.p, folds, source=self.plan.source, pool=pool or self.p.name)
+        return folds
 
     def resolve_splits(self, dspec: DatasetSpec, ds: ImageDataset) -> list[NamedSplit]:
         """The standard split, or the FID sequence from its file (made here if none is given)."""
@@ -395,7 +407,7 @@ class ProtocolRun:
                                  field="split.file")
             document = read_split_file(path)
         else:
-            path = self.dir / "splits" / f"{dspec.name}-{spec.extractor}.json"
+            path = confined(self.dir, "splits", f"{dspec.name}-{spec.extractor}.json")
             if path.is_file():
                 document = read_split_file(path)
             else:
@@ -415,7 +427,15 @@ class ProtocolRun:
         if self.writes_results:
             self.prepare_directory()
         storage = None
+        if self.options.storage or confined(self.dir, "study.db").exists():
+            # an existing storage is checked before any work (a damaged one: exit 3); a new
+            # default one is created only once the inputs proved loadable
+            storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
+                                   grace=self.options.grace)
+            if self.options.fresh and self.options.storage and self.writes_results:
+                delete_protocol_studies(storage, self.p.name)  # this protocol's, no other
         helpers: list = []
+        started = False
         try:
             for name, dspecs in self.p.pools:
                 ctx = self.load(name, dspecs)
@@ -424,7 +444,8 @@ class ProtocolRun:
                 if storage is None:
                     storage = open_storage(self.storage_url(), heartbeat=self.options.heartbeat,
                                            grace=self.options.grace)
-                    helpers = self.start_helpers()
+                if not started:
+                    helpers, started = self.start_helpers(), True
                 self.splits[name] = ctx.splits
                 self.work_through(ctx, storage)
         finally:
@@ -450,8 +471,10 @@ class ProtocolRun:
         work = []
         for spec in self.p.methods:
             state = self.states.setdefault((ctx.name, spec.name), MethodState())
-            state.data = ctx.layout.describe_kinds(
-                method_class(spec.method).consumed(ctx.layout.kinds))
+            consumed = method_class(spec.method).consumed(ctx.layout.kinds)
+            if ctx.inputs.frozen:  # cached features: no image to render a camera view from
+                consumed = consumed - {"camera_views"}
+            state.data = ctx.layout.describe_kinds(consumed)
             work.append(MethodWork(spec, state))
         bar = tqdm(total=len(work), desc=f"{self.p.name} {ctx.name}: methods done",
                    disable=not self.options.progress, dynamic_ncols=True)
@@ -566,16 +589,18 @@ class ProtocolRun:
                 for model, values_ in metrics.items()
                 for metric, value in values_.items() if metric in METRICS]
         history = [{"fold": i, **h} for i, r in enumerate(results) for h in r.history]
+        epochs = [{"fold": i, **e} for i, r in enumerate(results) for e in r.epochs]
         headline = "concatenated" if "concatenated" in metrics else "separate"
         score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
-        return score, {"params": values, "rows": rows, "history": history}
+        return score, {"params": values, "rows": rows, "history": history,
+                       **({"pseudo_labels": epochs} if epochs else {})}
 
     def save_artifacts(self, ctx: DatasetContext, spec: MethodSpec, split, seed: int,
                        results, sink: dict[str, list]) -> None:
         """Test embeddings (and checkpoints when asked) beside the job's run file."""
         from bench.run_artifacts import save_run_artifacts
 
-        run_file = self.dir / "runs" / ctx.name / spec.name / split.id / f"seed{seed}.json"
+        run_file = confined(self.dir, "runs", ctx.name, spec.name, split.id, f"seed{seed}.json")
         save_run_artifacts(run_file, self.p, ctx.ds, ctx.layout, split.test, results, sink,
                            seed=seed, method=spec.name)
 
@@ -583,9 +608,15 @@ class ProtocolRun:
         """Write the method's run files from the storage (atomically; unchanged files kept)."""
         if w.study is None:
             return
-        for job, result in completed_results(w.study).items():
+        self.write_run_files(ctx.name, w.spec.name, completed_results(w.study))
+
+    def write_run_files(self, pool: str, method: str, results: dict[str, dict[str, Any]]) -> None:
+        """Keep ``results`` (from the storage) for the tables; write each as its run file,
+        confined to runs/, unless an identical file is there already."""
+        self.stored.setdefault((pool, method), {}).update(results)
+        for job, result in results.items():
             split_id, seed_text = job.split("/")
-            path = self.dir / "runs" / ctx.name / w.spec.name / split_id / f"{seed_text}.json"
+            path = confined(self.dir, "runs", pool, method, split_id, f"{seed_text}.json")
             if read_json(path) != result:
                 write_json(path, result)
 
@@ -594,12 +625,12 @@ class ProtocolRun:
         from bench.analysis.load import read_results
         from bench.analysis.ood import ood_figure
 
-        frame = read_results(self.dir / "results.csv")
+        frame = read_results(confined(self.dir, "results.csv"))
         for dspec in self.p.dataset_specs:
             figure = ood_figure(frame, dataset=dspec.name, metric=self.p.evaluation.primary)
             suffix = "" if len(self.p.dataset_specs) == 1 else f"_{dspec.name}"
             for extension in ("png", "svg"):
-                figure.savefig(self.dir / f"ood_curve{suffix}.{extension}", dpi=120)
+                figure.savefig(confined(self.dir, f"ood_curve{suffix}.{extension}"), dpi=120)
 
     def study_name(self, ctx: DatasetContext, spec: MethodSpec) -> str:
         return f"{self.p.name}:{ctx.name}:{spec.name}:{ctx.default.id}"
@@ -646,10 +677,20 @@ class ProtocolRun:
 
     # -- outputs ------------------------------------------------------------------------------
     def write_outputs(self) -> None:
-        rows = collect_rows(self.dir / "runs")
+        """results.csv and summary.md from the results read from the storage (``stored``);
+        a stray or edited file under runs/ cannot change them."""
+        rows = rows_of(self.stored)
         if rows:
-            write_table(self.dir / "results.csv", rows)
-        write_text_atomically(self.dir / "summary.md", self.summary(rows))
+            write_table(confined(self.dir, "results.csv"), rows)
+        write_text_atomically(confined(self.dir, "summary.md"), self.summary(rows))
+
+    def selection_sentence(self) -> str:
+        """How the trained state is chosen: early stopping only under ``checkpoint: best``."""
+        primary = self.p.evaluation.primary
+        if self.p.train.checkpoint == "last":
+            return (f"final state after {self.p.train.iterations} iterations (checkpoint `last`; "
+                    f"validation `{primary}` recorded, not used to stop or select).")
+        return f"early stopping on validation `{primary}`."
 
     def test_sentence(self) -> str:
         setting = self.p.setting
@@ -680,7 +721,7 @@ class ProtocolRun:
                  f"{p.model.embedding_size}-d; {p.folds} class-disjoint fold(s); search budget "
                  f"{p.budget.trials} completed trials per method ({p.budget.sampler}); "
                  f"{p.reproductions} reproduction(s) (seeds {', '.join(map(str, p.seeds))}); "
-                 f"early stopping on validation `{p.evaluation.primary}`.",
+                 f"{self.selection_sentence()}",
                  self.test_sentence() + " Values: mean ± 95 % t-interval over reproductions. "
                  f"Device {self.device}.", ""]
         for name, _ in p.pools:
@@ -710,6 +751,19 @@ class ProtocolRun:
                           "FID sequence (mean over reproductions; * = default split)", ""]
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)
+            pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
+            if pairs:
+                from bench.analysis.ablation import ablation_table
+
+                lines += ["", f"## {name}: each method against its own ablation "
+                          f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
+                          "t-interval)", ""]
+                lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
+            audit = pseudo_label_audit(self.dir / "runs", name, order)
+            if audit:
+                lines += ["", f"## {name}: target pseudo-labels per epoch against the hidden "
+                          "target training identities (audit only, mean over seeds; purity "
+                          "over clustered rows)", ""] + audit
             used = {m: plugins.describe(u) for m, u in self.plan.plugins.items() if u}
             if used:
                 lines += ["", "Plug-ins (installed distributions):", ""]
@@ -719,6 +773,12 @@ class ProtocolRun:
                 lines += [f"- {m}: {reason}" for m, reason in failures.items()]
             lines.append("")
         return "\n".join(lines)
+
+
+def pseudo_label_audit(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+    from bench.analysis.ablation import pseudo_label_table
+
+    return pseudo_label_table(runs, dataset, methods) if runs.is_dir() else []
 
 
 def run_protocol(path: str | Path, options: RunOptions | None = None

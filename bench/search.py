@@ -46,11 +46,11 @@ class MethodFailed(RuntimeError):
 
 def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats, so trials of a dead process are detected and failed."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    from bench.state import storage_state_error
+
+    shown, url = url, storage_driver_url(url)
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(20):
         try:
@@ -59,12 +59,30 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                                   heartbeat_interval=heartbeat,
                                                   grace_period=grace)
-        except (OperationalError, IntegrityError):
+        except (OperationalError, IntegrityError) as error:
             # Two processes creating the same new SQLite schema at once: one wins, retry.
-            if attempt == 19:
-                raise
+            if attempt == 19 or not _retryable(error):
+                raise storage_state_error(error, shown) from None
             time.sleep(0.25 * (attempt + 1))
+        except DatabaseError as error:  # not a database, or a damaged one: exit 3, one line
+            raise storage_state_error(error, shown) from None
     raise AssertionError("unreachable")
+
+
+def storage_driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _retryable(error: Exception) -> bool:
+    """A race between processes creating the schema (worth a retry), not a damaged file."""
+    from sqlalchemy.exc import IntegrityError
+
+    text = str(getattr(error, "orig", error)).lower()
+    return isinstance(error, IntegrityError) or any(
+        word in text for word in ("locked", "already exists", "unique constraint", "busy"))
 
 
 def fail_stale(study: optuna.Study) -> None:

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.data.camera_style import (
+    CameraViews,
+    ColourStatistics,
+    ImagingConditions,
+    is_image_batch,
+)
 from bench.data.records import ImageDataset
 from bench.errors import BenchError
 from bench.methods.base import DATA_LABELS, TrainData
@@ -39,13 +45,49 @@ class Layout:
     query_rows: np.ndarray | None  # bool (N,); None = retrieval with query = reference
     gallery_rows: np.ndarray | None
     kinds: frozenset[str]
+    #: how camera views are made (a key of VIEW_SOURCES) when ``camera_views`` is offered
+    views: str | None = None
 
     @property
     def reid(self) -> bool:
         return self.query_rows is not None
 
     def describe_kinds(self, consumed: frozenset[str]) -> str:
-        return " + ".join(DATA_LABELS[k] for k in DATA_LABELS if k in consumed)
+        names = [DATA_LABELS[k] for k in DATA_LABELS if k in consumed]
+        if "camera_views" in consumed and self.views is not None:
+            names[-1] = f"camera views ({VIEW_SOURCES[self.views]})"
+        return " + ".join(names)
+
+
+#: the only ways a camera view may be made: from ONE row's own image and camera ids (never from
+#: other rows of the same identity, which would give a method the target labels)
+VIEW_SOURCES = {
+    "imaging_conditions": "the row's own picture re-imaged under another target camera's "
+                          "imaging condition, from camera ids only",
+    "colour_statistics": "the row's own image with its colours moved to another target "
+                         "camera's mean/std, measured on unlabeled target images",
+}
+
+
+def view_source(ds: ImageDataset, target_rows: np.ndarray, *, source: str) -> str | None:
+    """How ``ds`` makes camera views of its target rows; None when there are fewer than two
+    target cameras (nothing to view). Any declaration but a label-free one is refused."""
+    declared = ds.meta.get("camera_views", "colour_statistics")
+    if declared is False:
+        return None
+    if declared not in VIEW_SOURCES:
+        raise BenchError(
+            f"dataset {ds.name} declares camera_views {declared!r}: camera views must be made "
+            f"from one row's own image and camera ids ({', '.join(VIEW_SOURCES)}); views taken "
+            "from other rows of the same identity would hand the method the target labels",
+            source=source, field="dataset")
+    if declared == "imaging_conditions" and len(ds.meta.get("camera_conditions") or []) \
+            <= int(ds.cameras.max(initial=0)):
+        raise BenchError(f"dataset {ds.name} declares imaging-condition camera views without a "
+                         "condition for every camera", source=source, field="dataset")
+    if len(np.unique(ds.cameras[target_rows])) < 2:
+        return None
+    return declared
 
 
 def _domain_matches(ds: ImageDataset, selector: str) -> np.ndarray:
@@ -132,12 +174,14 @@ def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layou
     kinds = {"labeled"}
     if len(np.unique(ds.domains[source_rows])) > 1:
         kinds.add("domain_labels")
+    views = None
     if spec.kind == "uda":
         kinds.add("unlabeled_target")
-        if ds.meta.get("camera_views"):
+        views = view_source(ds, target_rows, source=source)
+        if views is not None:
             kinds.add("camera_views")
     return Layout(spec.kind, source_rows, target_rows, train, target_train, test, query, gallery,
-                  frozenset(kinds))
+                  frozenset(kinds), views)
 
 
 def static_kinds(kind: str) -> frozenset[str]:
@@ -147,14 +191,13 @@ def static_kinds(kind: str) -> frozenset[str]:
                       "dg": {"labeled", "domain_labels"}}[kind])
 
 
-def camera_views(ds: ImageDataset, rows: np.ndarray) -> list[np.ndarray]:
-    """For each of ``rows``: positions (within ``rows``) of the same item under other cameras."""
-    labels, cameras = ds.labels[rows], ds.cameras[rows]
-    by_label: dict[int, np.ndarray] = {}
-    for label in np.unique(labels):
-        by_label[int(label)] = np.flatnonzero(labels == label)
-    return [by_label[int(lab)][cameras[by_label[int(lab)]] != cam]
-            for lab, cam in zip(labels, cameras, strict=True)]
+def build_camera_views(views: str, images, cameras: np.ndarray,
+                       conditions: list[dict] | None) -> CameraViews:
+    """The view maker of the target training images. Deliberately label-free: it is given the
+    unlabeled images, their camera ids and the dataset's camera conditions, nothing else."""
+    if views == "imaging_conditions":
+        return ImagingConditions.from_conditions(conditions or [], cameras)
+    return ColourStatistics.fit(images, cameras)
 
 
 @dataclass
@@ -189,7 +232,12 @@ def fold_rows(layout: Layout, ds: ImageDataset, inputs, fold: ClassSplit,
         data.target = inputs[target_mask]
         data.target_cameras = ds.cameras[target_rows]
         if "camera_views" in consumed:
-            data.camera_views = camera_views(ds, target_rows)
+            if is_image_batch(data.target) and layout.views is not None:
+                data.camera_views = build_camera_views(
+                    layout.views, data.target, data.target_cameras,
+                    ds.meta.get("camera_conditions"))
+            else:  # cached trunk features: no image to re-image, so no views (say so)
+                data.kinds = frozenset(consumed - {"camera_views"})
     validation = layout.source_rows & np.isin(ds.labels, fold.validation)
     if layout.reid:
         query, gallery = query_gallery_rule(ds, validation)

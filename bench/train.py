@@ -47,6 +47,8 @@ class TrainResult:
     best_iteration: int
     iterations_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+    #: per epoch, what ``epoch_monitor`` measured after the method's ``on_epoch``
+    epochs: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(spec: OptimizerSpec, groups: list[dict]) -> torch.optim.Optimizer:
@@ -109,6 +111,7 @@ def train(
     augment: Augment | None = None,
     progress: bool = True,
     description: str = "train",
+    epoch_monitor: Callable[[Method], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method``; keep the state with the best validation score.
 
@@ -165,8 +168,10 @@ def train(
             parts["source"] = host_part(data.source, batches[step - 1], "source", step)
         if rows is not None:
             parts["target"] = host_part(data.target, rows, "target", step)
-        if views is not None:
-            parts["target_views"] = host_part(data.target, views, "target_views", step)
+        if views is not None:  # each row re-imaged as camera views[i] (label-free)
+            restyled = data.camera_views.rows(data.target, data.target_cameras, rows, views)
+            parts["target_views"] = host_part(restyled, np.arange(len(rows)), "target_views",
+                                              step)
         return lambda: {name: make() for name, make in parts.items()}
 
     def ready(prepared: dict[str, torch.Tensor], stream: str, step: int) -> torch.Tensor:
@@ -184,9 +189,8 @@ def train(
             rows = views = None
             if target_rows is not None:
                 rows = np.asarray(target_rows[step - 1 - epoch * epoch_len], dtype=np.int64)
-                if data.camera_views is not None:
-                    views = np.array([data.camera_views[r][rng.integers(len(data.camera_views[r]))]
-                                      if len(data.camera_views[r]) else r for r in rows])
+                if data.camera_views is not None:  # the camera each row is re-imaged as
+                    views = data.camera_views.pick(data.target_cameras[rows], rng)
             tasks.append(step_task(step, rows, views))
         return Prefetch(tasks, workers)
 
@@ -207,6 +211,8 @@ def train(
                 if feed is not None:
                     feed.close()
                 method.on_epoch(epoch, model, data, embed=run_embed)
+                if epoch_monitor is not None and (measured := epoch_monitor(method)):
+                    best.epochs.append({"epoch": epoch, "iteration": step - 1, **measured})
                 model.train()
                 if data.target is not None:
                     target_rows = method.target_sampler(epoch, epoch_len, spec.batch_size, rng)

@@ -19,9 +19,11 @@ from typing import Any
 def _storage_url(args: argparse.Namespace, name: str) -> str:
     if args.storage:
         return args.storage
-    path = (Path(args.results) / name / "study.db").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    from bench.safe_paths import confined, protocol_dir
+
+    folder = protocol_dir(args.results, name)  # confined: never outside RESULTS/<name>/
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{confined(folder, 'study.db')}"
 
 
 def worker_main(protocol: str, storage: str, results: str = "results", threads: int | None = None,
@@ -49,6 +51,10 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bench.state import check_grace, check_storage_url
+
+    check_grace(getattr(args, "grace", None))
+    check_storage_url(args.storage)
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)
@@ -62,6 +68,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from bench.state import check_grace, check_storage_url
+
+    check_grace(getattr(args, "grace", None))
+    check_storage_url(args.storage)
     import submitit
 
     from bench.runner import plan_protocol
@@ -148,6 +158,10 @@ def progress_table(plan, storage_url: str) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bench.state import check_grace, check_storage_url
+
+    check_grace(getattr(args, "grace", None))
+    check_storage_url(args.storage)
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)
@@ -171,7 +185,6 @@ def rebuild_results(plan, storage_url: str, results_root: Path) -> Path:
     from optuna.trial import TrialState
 
     from bench.jobs import FAILURE, JOB, completed_results
-    from bench.results import read_json, write_json
     from bench.runner import MethodState, ProtocolRun, RunOptions
     from bench.search import open_storage
     from bench.splits.named import NamedSplit
@@ -190,11 +203,9 @@ def rebuild_results(plan, storage_url: str, results_root: Path) -> Path:
                 study = optuna.load_study(study_name=name, storage=storage)
                 if ":test:" not in name:
                     continue
-                for job, result in completed_results(study).items():
-                    split_id, seed_text = job.split("/")
-                    path = run.dir / "runs" / pool / spec.name / split_id / f"{seed_text}.json"
-                    if read_json(path) != result:
-                        write_json(path, result)
+                results = completed_results(study)
+                run.write_run_files(pool, spec.name, results)  # kept for the tables too
+                for result in results.values():
                     state.params = result["params"]
                     state.data = result["rows"][0].get("data", "") if result["rows"] else ""
                     for row in result["rows"][:1]:
@@ -210,6 +221,10 @@ def rebuild_results(plan, storage_url: str, results_root: Path) -> Path:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from bench.state import check_grace, check_storage_url
+
+    check_grace(getattr(args, "grace", None))
+    check_storage_url(args.storage)
     from bench.runner import plan_protocol
 
     plan = plan_protocol(args.protocol)

@@ -1,4 +1,5 @@
-"""The bad-input corpus (tests/bad_inputs/): every malformed input gets one line, exit 2.
+"""The bad-input corpus (tests/bad_inputs/): every malformed input gets one line, exit 2
+(damaged state, e.g. a storage file that is not a database: exit 3).
 
 Each case of ``tests/bad_inputs/cases.yaml`` runs through the real CLI in-process
 (``bench.cli.main``) from a scratch copy of its file or folder. It must exit 2 with exactly one
@@ -27,7 +28,8 @@ CORPUS = HERE / "bad_inputs"
 CASES_FILE = CORPUS / "cases.yaml"
 FIXTURES = HERE / "fixtures"
 EXPECT_KEYS = {"file", "field", "reason", "absent"}
-CASE_KEYS = {"id", "path", "argv", "build", "expect", "xfail"}
+CASE_KEYS = {"id", "path", "argv", "build", "expect", "xfail", "exit"}
+EXIT_CODES = {2, 3}  # bad input; damaged state (README)
 
 
 def load_cases() -> list[dict[str, Any]]:
@@ -76,6 +78,9 @@ def _build(root: Path, scratch: Path, entries: list[dict[str, Any]]) -> None:
             path.write_bytes(_png(30000, 30000, rows=0))
         elif make == "symlink":
             path.symlink_to(entry["target"])
+        elif make == "big_yaml":  # valid YAML lines past the 1 MiB limit
+            path.write_text("name: big\n" + "".join(f"key{i}: {i}\n" for i in range(120_000)),
+                            encoding="utf-8")
         else:
             raise AssertionError(f"unknown build kind {make!r} in {entry}")
 
@@ -132,7 +137,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case: dict[str, Any], tmp_pat
 
     lines = captured.err.strip().splitlines()
     assert "Traceback" not in captured.err + captured.out
-    assert code == 2, (code, captured.err)
+    assert code == case.get("exit", 2), (code, captured.err)
     assert len(lines) == 1, captured.err
     line = lines[0]
     assert line.startswith("bench: error: "), line
@@ -158,6 +163,7 @@ def test_corpus_is_complete_and_well_formed() -> None:
     for case in CASES:
         assert set(case) <= CASE_KEYS, (case["id"], set(case) - CASE_KEYS)
         assert isinstance(case["argv"], list) and case["argv"], case["id"]
+        assert case.get("exit", 2) in EXIT_CODES, case["id"]
         assert any("{case}" in arg for arg in case["argv"]), case["id"]
         expect = case["expect"]
         assert set(expect) <= EXPECT_KEYS and "file" in expect and expect["reason"], case["id"]

@@ -7,6 +7,21 @@ recorded failure of the faulty method only.
 4. the results disk fills up (simulated ENOSPC) while results are written, then frees;
 5. a method whose loss turns NaN (in its search, or only in its test phase).
 
+From the outside audit (issue 14), each its own test below:
+
+6. data loss: `bench run --fresh` with names `.`, `..`, slashes, a symlinked results root, a
+   symlinked `RESULTS/<name>` and a symlinked `runs/`: nothing outside `RESULTS/<name>` changes;
+7. a stray or edited run file never changes the table (the storage is the only source);
+8. tampered caches (features and datasets: rows reordered, truncated, wrong shape, a link to a
+   non-array file, a folder in place, the old digest-less format) are rebuilt with one line;
+9. an alias bomb is refused at once, in bounded memory;
+10. a damaged storage (garbage, truncated) and a read-only results folder: exit 3, one line,
+    stored results kept;
+11. audit cases that must now succeed: image decoding (transparency on white, 16-bit, EXIF),
+    ids above 2**53 in mixed dtypes, the two re-ID APs, `domain/class` class names, counts=off,
+    UTF-16 protocols, the summary under `checkpoint: last`, re-ID validation without a
+    cross-camera match.
+
 Two more storage faults found on the way: trials left RUNNING by a process killed before
 their first heartbeat (optuna never finds them stale), and a process still alive whose trial
 another process declared dead.
@@ -30,6 +45,7 @@ import sys
 import time
 import warnings
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -648,3 +664,517 @@ def test_diverging_methods_fail_alone(glyphs_reference, tmp_path: Path, monkeypa
     assert set(frame["method"]) == {"contrastive", "proxy_anchor"}
     same = [c for c in reference.columns if c != "protocol_sha256"]  # the protocol differs
     pd.testing.assert_frame_equal(frame[same], reference[same])
+
+
+# --- 6. data loss outside RESULTS/<name> (issue 14) ----------------------------------------------
+
+#: the smallest real run: one method, no search, one reproduction, 10 iterations
+SMALL = {**yaml.safe_load(yaml.safe_dump(TINY_PROTOCOL)),
+         "train": {"iterations": 10, "batch_size": 32, "m_per_class": 4, "validate_every": 5,
+                   "patience": 2},
+         "methods": [{"name": "contrastive", "params": {"loss": "ContrastiveLoss"}}]}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (links not followed): relative path -> what it is (a link's
+    target, a file's sha256, or "dir")."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            key = str(path.relative_to(folder))
+            if path.is_symlink():
+                found[key] = f"link -> {os.readlink(path)}"
+            elif path.is_dir():
+                found[key] = "dir"
+            else:
+                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def sandbox(root: Path) -> Path:
+    """Files a careless run must never touch: the user's, and another protocol's results."""
+    (root / "precious").mkdir(parents=True)
+    (root / "precious" / "thesis.tex").write_text("years of work\n", encoding="utf-8")
+    (root / "real_results" / "other").mkdir(parents=True)
+    (root / "real_results" / "other" / "summary.md").write_text("other\n", encoding="utf-8")
+    (root / "real_results" / "keep.txt").write_text("keep\n", encoding="utf-8")
+    (root / "results").symlink_to(root / "real_results")  # a symlinked results root
+    return root
+
+
+@pytest.mark.slow
+def test_fresh_never_writes_or_deletes_outside_its_folder(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    box = sandbox(tmp_path / "box")
+    monkeypatch.chdir(box)  # the default --results is relative: `..` would be the sandbox
+    for name in (".", "..", "a/b", "/tmp", "../precious", ".hidden", "-rf"):
+        protocol = write_protocol_file(tmp_path / "protocols" / "p", {**SMALL, "name": name})
+        before = tree(tmp_path)
+        for results in ("results", str(box / "results" / "other")):
+            assert main(["run", str(protocol), "--results", results, "--fresh",
+                         "--no-progress"]) == 2, name
+        assert tree(tmp_path) == before, name
+        assert "should match pattern" in capsys.readouterr().err
+
+    # a good name under a symlinked results root: only real_results/small/ changes, twice
+    protocol = write_protocol_file(tmp_path / "protocols" / "ok", {**SMALL, "name": "small"})
+    (box / "real_results" / "small").mkdir()
+    (box / "real_results" / "small" / "notes.txt").write_text("mine\n", encoding="utf-8")
+    for _ in range(2):
+        before = tree(box)
+        assert main(["run", str(protocol), "--fresh", "--no-progress"]) == 0
+        after = tree(box)
+        assert all(k.startswith("real_results/small/") for k in changed(before, after)), \
+            sorted(changed(before, after))
+    assert (box / "real_results" / "small" / "notes.txt").read_text() == "mine\n"
+    assert (box / "real_results" / "small" / "results.csv").is_file()
+
+    # RESULTS/<name> itself a link out of the results root: refused (exit 3), nothing touched
+    link_protocol = write_protocol_file(tmp_path / "protocols" / "link", {**SMALL,
+                                                                         "name": "linked"})
+    (box / "real_results" / "linked").symlink_to(box / "precious")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert main(["run", str(link_protocol), "--fresh", "--no-progress"]) == 3
+    assert tree(tmp_path) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a symbolic link" in err[0] and "linked" in err[0]
+
+    # runs/ a link out of RESULTS/<name>: refused before any work; --fresh removes the link
+    # (inside the folder) and never what it points to
+    (box / "real_results" / "small" / "runs").rename(box / "old_runs")
+    (box / "real_results" / "small" / "runs").symlink_to(box / "precious")
+    before = tree(tmp_path)
+    assert main(["run", str(protocol), "--no-progress"]) == 3
+    assert tree(tmp_path) == before
+    assert "runs" in capsys.readouterr().err
+    before = tree(box)
+    assert main(["run", str(protocol), "--fresh", "--no-progress"]) == 0
+    assert all(k.startswith("real_results/small/") for k in changed(before, tree(box)))
+    assert (box / "precious" / "thesis.tex").read_text() == "years of work\n"
+    assert not (box / "real_results" / "small" / "runs").is_symlink()
+
+
+def test_confined_refuses_components_and_links(tmp_path: Path) -> None:
+    from bench.errors import StateError
+    from bench.safe_paths import confined, protocol_dir
+
+    base = protocol_dir(tmp_path, "p")
+    for part in ("..", ".", "a/b", "/etc", ""):
+        with pytest.raises(StateError):
+            confined(base, "runs", part)
+    base.mkdir()
+    (base / "runs").symlink_to(tmp_path)
+    with pytest.raises(StateError, match="outside"):
+        confined(base, "runs", "x.json")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(StateError, match="not a folder"):
+        protocol_dir(tmp_path, "file")
+
+
+# --- 7. a stray or edited run file never changes the table -------------------------------------
+
+
+@pytest.mark.slow
+def test_stray_run_file_does_not_change_the_table(tmp_path: Path) -> None:
+    protocol = write_protocol_file(tmp_path, {**SMALL, "reproductions": 2})
+    results = tmp_path / "results"
+    assert run(protocol, results) == 0
+    reference = table(results)
+    reference_summary = summary_rows(results)
+    runs = results / "tiny" / "runs" / "glyphs" / "contrastive" / "standard"
+    original = (runs / "seed1.json").read_text(encoding="utf-8")
+    stray = json.loads(original)
+    for row in stray["rows"]:
+        row["seed"], row["value"] = 7, 0.0
+    (runs / "seed7.json").write_text(json.dumps(stray), encoding="utf-8")  # a copied run file
+    edited = json.loads(original)
+    for row in edited["rows"]:
+        row["value"] = 1.0
+    (runs / "seed1.json").write_text(json.dumps(edited), encoding="utf-8")  # an edited one
+
+    assert run(protocol, results) == 0  # resumes: nothing left to train
+    pd.testing.assert_frame_equal(table(results), reference)
+    assert summary_rows(results) == reference_summary  # n = 2, the stored means
+    assert (runs / "seed1.json").read_text(encoding="utf-8") == original  # checked, rewritten
+    assert main(["rebuild", str(protocol), "--results", str(results)]) == 0
+    pd.testing.assert_frame_equal(table(results), reference)
+
+
+# --- 8. tampered caches are rebuilt with one line ------------------------------------------------
+
+
+def test_tampered_features_cache_is_rebuilt_with_one_line(tmp_path: Path, capsys) -> None:
+    from bench.digest import DIGEST_KEY
+    from bench.features import load_features, save_features
+
+    features = np.random.default_rng(0).normal(size=(20, 6)).astype(np.float32)
+    path = tmp_path / "features" / "entry.npz"
+    save_features(path, features)
+    np.testing.assert_array_equal(load_features(path, 20), features)
+    assert capsys.readouterr().err == ""
+
+    def damaged(expect: str) -> None:
+        assert load_features(path, 20) is None
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and expect in err[0] and \
+            "rebuilding" in err[0], err
+
+    with np.load(path) as archive:  # rows reordered, the old digest kept: same shape, wrong
+        digest = archive[DIGEST_KEY]
+    np.savez(path, features=features[::-1].copy(), **{DIGEST_KEY: digest})
+    damaged("does not match its digest")
+    save_features(path, features)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    damaged("unreadable")
+    save_features(path, features[:10])  # intact, but of another dataset size
+    damaged("expected float32 features of 20 rows")
+    save_features(path, features.astype(np.float64))  # save casts: a hand-made wrong dtype
+    np.savez(path, features=features.astype(np.float64),
+             **{DIGEST_KEY: np.array(__import__("bench.digest").digest.arrays_sha256(
+                 {"features": features.astype(np.float64)}))})
+    damaged("expected float32")
+    path.unlink()
+    (tmp_path / "notes.txt").write_text("not an array\n", encoding="utf-8")
+    path.symlink_to(tmp_path / "notes.txt")
+    damaged("unreadable")
+    save_features(path, features)  # replaces the link, not its target
+    assert not path.is_symlink() and (tmp_path / "notes.txt").read_text() == "not an array\n"
+    path.unlink()
+    np.save(path.with_suffix(""), features)  # the old, digest-less format under the new name
+    path.with_suffix(".npy").rename(path)
+    damaged("without its digest")
+    path.unlink()
+    path.mkdir()  # a folder in place of the entry
+    damaged("not a regular file")
+    save_features(path, features)
+    assert "without caching it" in capsys.readouterr().err and path.is_dir()
+
+
+@pytest.mark.slow
+def test_tampered_features_cache_gives_the_uncached_features(tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    from bench.data import load_dataset
+    from bench.features import trunk_features
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset("glyphs", image_size=32, max_classes=4)
+    cpu = torch.device("cpu")
+    reference, _ = trunk_features(ds, "mobilenet_v2", pretrained=True, device=cpu,
+                                  progress=False, use_cache=False)
+    first, _ = trunk_features(ds, "mobilenet_v2", pretrained=True, device=cpu, progress=False)
+    [entry] = (tmp_path / "cache" / "features").glob("*.npz")
+    with np.load(entry) as archive:
+        arrays = dict(archive)
+    arrays["features"] = arrays["features"][::-1].copy()
+    np.savez(entry, **arrays)
+    capsys.readouterr()
+    again, _ = trunk_features(ds, "mobilenet_v2", pretrained=True, device=cpu, progress=False)
+    assert "does not match its digest" in capsys.readouterr().err
+    np.testing.assert_array_equal(again, reference)
+    np.testing.assert_array_equal(first, reference)
+
+
+def test_tampered_dataset_cache_is_rebuilt_with_one_line(tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    from bench.data import load_dataset
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    built = load_dataset("glyphs", image_size=16, max_classes=6)
+    [entry] = (tmp_path / "cache" / "datasets").glob("*.npz")
+    with np.load(entry) as archive:
+        arrays = dict(archive)
+    arrays["labels"] = arrays["labels"][::-1].copy()  # labels shuffled, digest kept
+    np.savez(entry, **arrays)
+    capsys.readouterr()
+    again = load_dataset("glyphs", image_size=16, max_classes=6)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match its digest" in err[0] and str(entry) in err[0]
+    np.testing.assert_array_equal(again.labels, built.labels)
+    np.testing.assert_array_equal(again.images, built.images)
+    assert load_dataset("glyphs", image_size=16, max_classes=6) is not None
+    assert capsys.readouterr().err == ""  # rewritten whole: read silently now
+    entry.unlink()
+    entry.mkdir()  # a folder in its place: built, used, not cached, one line each time
+    np.testing.assert_array_equal(load_dataset("glyphs", image_size=16, max_classes=6).labels,
+                                  built.labels)
+    assert "not a regular file" in capsys.readouterr().err
+
+
+# --- 9. an alias bomb is refused at once, in bounded memory --------------------------------------
+
+
+def test_alias_bomb_is_refused_in_bounded_memory(tmp_path: Path, capsys) -> None:
+    import tracemalloc
+
+    levels = ["x0: &x0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"  # 10**9 strings when expanded
+    path.write_text("name: bomb\ndataset: {name: glyphs}\n" + "\n".join(levels) + "\n"
+                    "methods:\n  - name: m\n    params: {loss: ContrastiveLoss}\n    search:\n"
+                    "      loss_params.neg_margin: {type: categorical, choices: *x8}\n",
+                    encoding="utf-8")
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        assert main(["validate", str(path)]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 10
+    assert peak < 50 * 2**20, peak
+    assert "alias bomb" in capsys.readouterr().err
+
+
+# --- 10. damaged storage and unwritable results: exit 3, one line --------------------------------
+
+
+@pytest.mark.slow
+def test_damaged_storage_is_one_line_exit_3_and_keeps_results(tmp_path: Path, capsys) -> None:
+    protocol = write_protocol_file(tmp_path, SMALL)
+    results = tmp_path / "results"
+    assert run(protocol, results) == 0
+    db = results / "tiny" / "study.db"
+    good = db.read_bytes()
+    kept = {name: (results / "tiny" / name).read_bytes() for name in ("results.csv",
+                                                                      "summary.md")}
+    for damage in (b"garbage " * 512, good[: len(good) // 2], good[:1000]):
+        db.write_bytes(damage)
+        capsys.readouterr()
+        for argv in (["run", str(protocol), "--results", str(results), "--no-progress"],
+                     ["status", str(protocol), "--results", str(results)],
+                     ["rebuild", str(protocol), "--results", str(results)]):
+            assert main(argv) == 3, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and str(db) in err[0], err
+            assert "damaged or not an optuna database" in err[0] and "Traceback" not in err[0]
+        for name, data in kept.items():
+            assert (results / "tiny" / name).read_bytes() == data
+    assert main(["run", str(protocol), "--results", str(results), "--no-progress",
+                 "--fresh"]) == 0  # what the line says to do works
+
+
+def test_read_only_results_folder_is_one_line_exit_3(write_protocol, tmp_path: Path,
+                                                      monkeypatch, capsys) -> None:
+    protocol = write_protocol(SMALL)
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def refuse(*args: Any, dir: str = "", **kwargs: Any):  # noqa: A002 - mkstemp's name
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), f"{dir}/.x.tmp")
+
+    mkstemp = bench.results.tempfile.mkstemp
+
+    def refuse_in_results(*args: Any, dir: str = "", **kwargs: Any):  # noqa: A002
+        if str(results) in str(dir):
+            refuse(dir=dir)
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    if os.geteuid() != 0:  # a real read-only folder (root ignores permission bits)
+        results.chmod(0o555)
+    else:
+        monkeypatch.setattr(bench.results.tempfile, "mkstemp", refuse_in_results)
+        monkeypatch.setattr("bench.safe_paths.os.access", lambda *a, **k: True)
+    try:
+        code = main(["run", str(protocol), "--results", str(results), "--no-progress"])
+    finally:
+        results.chmod(0o755)
+    assert code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bench: error: " in err[0] and str(results) in err[0], err
+    assert "Permission denied" in err[0] or "not writable" in err[0]
+
+
+def test_unwritable_results_folder_is_refused_before_any_work(write_protocol, tmp_path: Path,
+                                                              monkeypatch, capsys) -> None:
+    import bench.safe_paths
+
+    protocol = write_protocol(SMALL)
+    monkeypatch.setattr(bench.safe_paths.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(bench.runner.ProtocolRun, "load", lambda *a: pytest.fail("loaded"))
+    assert main(["run", str(protocol), "--results", str(tmp_path / "r"), "--no-progress"]) == 3
+    assert "is not writable" in capsys.readouterr().err
+
+
+# --- 11. audit cases that must now succeed -------------------------------------------------------
+
+
+def _decoded(path: Path) -> np.ndarray:
+    from bench.data.real.safety import open_rgb
+
+    return np.asarray(open_rgb(path))
+
+
+def test_transparent_pixels_are_composited_onto_white(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # black, fully transparent
+    rgba[0, 0] = (255, 0, 0, 255)  # one opaque red pixel
+    rgba[0, 1] = (0, 0, 255, 128)  # half-transparent blue
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    out = _decoded(tmp_path / "a.png")
+    assert (out[3, 3] == 255).all() and tuple(out[0, 0]) == (255, 0, 0)
+    assert tuple(out[0, 1]) == (127, 127, 255)
+    grey_alpha = Image.fromarray(rgba[..., 0], mode="L").convert("LA")
+    grey_alpha.putalpha(Image.fromarray(rgba[..., 3], mode="L"))
+    grey_alpha.save(tmp_path / "la.png")
+    assert (_decoded(tmp_path / "la.png")[3, 3] == 255).all()
+    palette = Image.fromarray(rgba, mode="RGBA").convert("P")
+    palette.info["transparency"] = palette.getpixel((3, 3))
+    palette.save(tmp_path / "p.png", transparency=palette.getpixel((3, 3)))
+    assert (_decoded(tmp_path / "p.png")[3, 3] == 255).all()
+
+
+def test_16_bit_images_are_scaled_not_saturated(tmp_path: Path) -> None:
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    out = _decoded(tmp_path / "g16.png")
+    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)  # landscape, stored sideways
+    pixels[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    out = _decoded(tmp_path / "r.jpg")
+    assert out.shape == (20, 10, 3)  # shown upright: portrait
+    assert out[:8].mean() > 200 and out[12:].mean() < 50  # the white half on top
+
+
+def test_mixed_uint64_int64_ids_above_2_53_stay_distinct() -> None:
+    from bench.evaluate import evaluate_reid, evaluate_retrieval
+
+    big = 2**53  # big + 1 is not a float64: it rounds to big
+    q = np.array([[0.0, 0.0], [10.0, 0.0]])
+    ref = np.array([[0.1, 0.0], [10.1, 0.0], [50.0, 0.0]])
+    q_ids = np.array([big, big + 2], dtype=np.uint64)
+    ref_ids = np.array([big + 1, big + 2, big], dtype=np.int64)  # query 0's match is far
+    out = evaluate_retrieval(q, q_ids, ref, ref_ids, nmi=False, k=1)
+    assert out["precision_at_1"] == 0.5
+    merged = evaluate_retrieval(q, q_ids.astype(np.float64), ref, ref_ids.astype(np.float64),
+                                nmi=False, k=1)
+    assert merged["precision_at_1"] == 1.0  # what float64 did: the bug this guards against
+    reid = evaluate_reid(q, q_ids, [0, 0], ref, ref_ids, [1, 1, 1], ranks=(1,))
+    assert reid["cmc_1"] == 0.5 and reid["mAP"] == pytest.approx((1 / 3 + 1) / 2)
+    # ids above int64 with negative ids: no numpy integer holds both, still exact
+    huge = np.array([2**64 - 1, 5], dtype=np.uint64)
+    out = evaluate_retrieval(q, huge, ref, np.array([-1, 5, 5], dtype=np.int64), nmi=False,
+                             k=1)
+    assert out["precision_at_1"] == 1.0  # query 0 has no match (skipped), query 1 hits
+    junk_like = evaluate_reid(q, huge, [0, 0], ref, np.array([-1, 5, 7], dtype=np.int64),
+                              [1, 1, 1], ranks=(1,))
+    assert junk_like["cmc_1"] == 1.0  # 2**64 - 1 is not the junk id -1
+
+
+def test_reid_offers_the_official_trapezoid_ap_too() -> None:
+    from bench.evaluate import evaluate_reid
+
+    q = np.zeros((1, 1))
+    g = np.array([[1.0], [2.0], [3.0], [4.0]])  # ranked in this order
+    ids = [9, 7, 9, 9]  # matches at ranks 1, 3, 4 (all from another camera)
+    out = evaluate_reid(q, [9], [0], g, ids, [1, 1, 1, 1], ranks=(1,), ap="both")
+    ours = (1 / 1 + 2 / 3 + 3 / 4) / 3
+    # compute_AP.m: mean over matches of (precision before it + precision at it) / 2
+    official = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2 + (2 / 3 + 3 / 4) / 2) / 3
+    assert out["mAP"] == pytest.approx(ours) and out["mAP_market1501"] == pytest.approx(official)
+    assert set(evaluate_reid(q, [9], [0], g, ids, [1, 1, 1, 1], ranks=(1,))) == {"cmc_1", "mAP"}
+
+
+def test_domain_class_folders_with_repeated_names_are_not_merged_silently(tmp_path: Path,
+                                                                          capsys) -> None:
+    from real_layouts import write_image
+
+    from bench.data.real.prepare import open_dataset
+
+    for alphabet in ("greek", "latin"):  # Omniglot: <alphabet>/<character>/
+        for character in ("character01", "character02"):
+            for i in range(2):
+                write_image(tmp_path, f"{alphabet}/{character}/{i}.png")
+    capsys.readouterr()
+    merged = open_dataset("folder", tmp_path, image_size=8)
+    err = capsys.readouterr().err
+    assert merged.counts()["classes"] == 2
+    assert "2 class name(s) appear in several domains" in err and "classes=per_domain" in err
+    apart = open_dataset("folder", tmp_path, image_size=8, classes="per_domain")
+    assert apart.counts()["classes"] == 4 and "greek/character01" in apart.class_names
+    assert capsys.readouterr().err == ""
+    open_dataset("folder", tmp_path, image_size=8, classes="shared")
+    assert capsys.readouterr().err == ""
+
+
+def test_prepare_and_verify_accept_counts_off(tmp_path: Path, capsys) -> None:
+    from real_layouts import make_folder
+
+    root = make_folder(tmp_path / "data")
+    for action in ("prepare", "verify"):
+        assert main(["datasets", action, "folder", "--root", str(root), "--option",
+                     "counts=off", *(["--no-download"] if action == "prepare" else [])]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_utf16_protocol_is_read(write_protocol, tmp_path: Path, capsys) -> None:
+    text = write_protocol(SMALL).read_text(encoding="utf-8")
+    for encoding in ("utf-16", "utf-8-sig"):
+        path = tmp_path / f"{encoding}.yaml"
+        path.write_bytes(text.encode(encoding))
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.count(": valid") == 2
+
+
+def test_summary_says_how_the_state_was_chosen(write_protocol, tmp_path: Path) -> None:
+    from bench.runner import ProtocolRun, RunOptions, plan_protocol
+
+    for checkpoint, said, unsaid in (("last", "checkpoint `last`", "early stopping"),
+                                     ("best", "early stopping on validation", "`last`")):
+        protocol = write_protocol({"train": {**SMALL["train"], "checkpoint": checkpoint}})
+        text = ProtocolRun(plan_protocol(protocol), RunOptions(results_root=tmp_path)
+                           ).summary([])
+        assert said in text and unsaid not in text
+
+
+def test_reid_validation_without_cross_camera_match_names_validation_and_source() -> None:
+    from bench.errors import BenchError, DataError
+    from bench.experiment import validation_data_error
+    from bench.protocol import parse_protocol
+    from bench.splits import ClassSplit
+
+    protocol = parse_protocol({
+        "name": "u", "datasets": [{"name": "glyphs"}],
+        "setting": {"kind": "uda", "source": ["sans"], "target": ["serif"]},
+        "methods": [{"name": "m", "params": {"loss": "ContrastiveLoss"}}]})
+    ds = type("DS", (), {"name": "glyphs"})()
+    fold = ClassSplit("fold0", np.arange(3), np.arange(3, 5), np.arange(5, 8))
+    error = validation_data_error(BenchError("no query has a valid gallery match", field=
+                                             "gallery_ids"), protocol, ds, fold)
+    assert isinstance(error, DataError)
+    line = str(error)
+    assert "validation (fold0" in line and "source sans" in line and "glyphs" in line
+
+
+@pytest.mark.slow
+def test_fresh_with_a_shared_storage_deletes_this_protocols_studies_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    other = optuna.create_study(study_name="other:glyphs:m:standard", storage=url)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    protocol = write_protocol_file(tmp_path, SMALL)
+    results = tmp_path / "results"
+    assert run(protocol, results, "--storage", url) == 0
+    first = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(url)}
+    assert any(name.startswith("tiny:") for name in first)
+    between = datetime.now()
+    assert run(protocol, results, "--storage", url, "--fresh") == 0
+    again = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(url)}
+    assert again.keys() == first.keys()
+    for name in again:
+        starts = [t.datetime_start for t in optuna.load_study(study_name=name, storage=url
+                                                              ).get_trials(deepcopy=False)]
+        fresh = [start > between for start in starts]
+        assert all(fresh) if name.startswith("tiny:") else not any(fresh), name

@@ -129,3 +129,91 @@ def test_params_errors_k_below_two_and_smoke_run() -> None:
         assert not torch.allclose(model.mapping.weight, h0)
         assert "mapping.weight" in result.best_state  # the snapshot keeps h
         np.testing.assert_allclose(method.memory.norm(dim=0).numpy(), 1.0, atol=1e-5)
+
+
+# -- mechanisms: each test fails when its mechanism is removed ----------------------------------
+
+def episode_batch(data: TrainData) -> Batch:
+    rows = np.array([0, 1, 4, 5, 8, 9, 12, 13])  # classes 0..3, two images each
+    return Batch(epoch=0, step=1, source=data.source[rows],
+                 labels=torch.as_tensor(LABELS[rows]))
+
+
+def test_w_hat_insertion_gives_h_a_gradient_from_memory_classification() -> None:
+    """Only the memory classification (lambda1) is on: its gradient reaches h only through the
+    predicted theta inserted into W_hat."""
+    method, model = make({"lambda_regression": 0.0, "lambda_triplet": 0.0})
+    data = toy_data()
+    method.setup(model, data, embed=run_embed, generator=torch.Generator().manual_seed(0))
+    loss = method.loss(model, episode_batch(data))
+    loss.backward()
+    grad = model.mapping.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 1e-6
+    # and with lambda1 = 0 as well, h gets nothing: the gradient above is the memory term's
+    method, model = make({"lambda_regression": 0.0, "lambda_triplet": 0.0,
+                          "lambda_memory": 0.0})
+    method.setup(model, data, embed=run_embed, generator=torch.Generator().manual_seed(0))
+    method.loss(model, episode_batch(data)).backward()
+    grad = model.mapping.weight.grad
+    assert grad is None or float(grad.abs().sum()) == 0.0
+
+
+def test_triplet_term_is_the_hardest_negative_hinge() -> None:
+    data = toy_data()
+    base = {"lambda_regression": 0.0, "lambda_memory": 0.0, "margin": 0.8}
+    totals = {}
+    for weight in (0.0, 1.0):
+        method, model = make({**base, "lambda_triplet": weight})
+        method.setup(model, data, embed=run_embed, generator=torch.Generator().manual_seed(0))
+        batch = episode_batch(data)
+        totals[weight] = float(method.loss(model, batch).detach())
+    # by hand: softmax over the probe's memory logits, positive = own theta column
+    method, model = make(base)
+    method.setup(model, data, embed=run_embed, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = model(batch.source).numpy()
+        gallery, probe = episode_pairs(batch.labels)
+        ids = batch.labels[gallery].numpy()
+        theta = model.map(torch.as_tensor(emb[gallery.numpy()])).numpy()
+    w_hat = method.memory.t().numpy().copy()
+    w_hat[ids] = theta
+    logits = 16.0 * emb[probe.numpy()] @ w_hat.T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    hinge = []
+    for row, own in enumerate(ids):
+        hardest = max(p[row, j] for j in range(6) if j != own)
+        hinge.append(max(0.0, 0.8 - p[row, own] + hardest))
+    assert totals[1.0] - totals[0.0] == pytest.approx(float(np.mean(hinge)), abs=1e-5)
+    assert np.mean(hinge) > 0  # the term is active on this batch
+
+
+def test_default_logit_scale_trains_memory_classification_below_log_c(monkeypatch) -> None:
+    """Toy problem with the defaults: the memory classification CE starts near log C and
+    training takes it well below (scale 1 on unit vectors could not: logits in [-1, 1])."""
+    method, model = make()
+    assert method.params.logit_scale == 16.0
+    data = toy_data()
+    seen = []
+    original = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        value = original(logits, target, *args, **kwargs)
+        if logits.shape[1] == 6 and logits.shape[0] < len(LABELS) // 2:  # the memory term
+            seen.append(float(value.detach()))
+        return value
+
+    import bench.methods.dimn as dimn_module
+
+    monkeypatch.setattr(dimn_module.F, "cross_entropy", spy)
+    spec = TrainSpec(iterations=60, batch_size=12, m_per_class=2, validate_every=60)
+    train(model, method, data, spec, validate=lambda m: 0.0, seed=0, device=CPU, progress=False)
+    monkeypatch.undo()
+    assert len(seen) == 60
+    assert np.mean(seen[-10:]) < 0.5 * np.log(6)
+    scale_one, model_one = make({"logit_scale": 1.0})
+    scale_one.setup(model_one, data, embed=run_embed, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the bound that makes scale 1 inert: CE >= log C - 2 on unit vectors
+        emb = model_one(data.source)
+        logits = emb @ scale_one.memory
+    assert float(logits.abs().max()) <= 1.0 + 1e-5

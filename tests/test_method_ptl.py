@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import TrainData
+from bench.methods.base import Batch, TrainData
 from bench.methods.ptl import PTL
 from bench.models import EmbeddingHead, EmbeddingModel, FrozenBatchNorm, Normalize, build_trunk
 from bench.models.batchnorm import batchnorm_layers
@@ -168,3 +168,29 @@ def test_three_iteration_run_stays_finite() -> None:
     model.eval()
     with torch.no_grad():
         assert model(data.source).isfinite().all()
+
+
+def test_carry_state_false_resets_before_every_training_forward() -> None:
+    """The carry-over mechanism is what makes a batch's loss depend on the previous batch;
+    ``carry_state: false`` (the authors' script after its first evaluation) removes exactly that."""
+    labels = torch.tensor([0, 0, 1, 1])
+    losses = {}
+    for carry in (True, False):
+        torch.manual_seed(0)
+        method = PTL(PTL.validate_params({"cell_channels": 8, "carry_state": carry},
+                                         source="t", field="p"), num_classes=3, embedding_size=8)
+        model = method.wrap_model(harness_model(), backbone="mobilenet_v2")
+        method.setup(model, TrainData(), embed=lambda m, x: np.zeros(0),
+                     generator=torch.Generator().manual_seed(0))
+        model.train()
+        with torch.no_grad():
+            first = float(method.loss(model, Batch(epoch=0, step=1, source=images(12),
+                                                   labels=labels)))
+            after_a = float(method.loss(model, Batch(epoch=0, step=2, source=images(13),
+                                                     labels=labels)))
+            method.on_epoch(1, model, TrainData(), embed=lambda m, x: np.zeros(0))
+            alone = float(method.loss(model, Batch(epoch=1, step=3, source=images(13),
+                                                   labels=labels)))
+        losses[carry] = (first, after_a, alone)
+    assert losses[True][1] != pytest.approx(losses[True][2], abs=1e-6)  # carried state mattered
+    assert losses[False][1] == pytest.approx(losses[False][2], abs=1e-6)  # no carry: same

@@ -311,3 +311,127 @@ def test_smoke_run_stays_finite(labeled: bool) -> None:
     assert n_protos == (6 if labeled else 0) + method.num_clusters + singletons
     rows = method.target_sampler(2, 3, 8, np.random.default_rng(0))
     assert rows.shape == (3, 8) and rows.min() >= 0 and rows.max() < 24
+
+
+# -- 6. mechanisms: each test fails when its mechanism is removed --------------------------------
+
+def prepared(target: torch.Tensor, params: dict | None = None) -> SpCL:
+    """An unsupervised SpCL whose target memory is ``target`` (normalised), clustered once."""
+    method = make({**SMALL, **(params or {})}, num_classes=0)
+    method.target_memory = F.normalize(target, dim=1)
+    method.on_epoch(0, nn.Identity(), TrainData(), embed=None)
+    return method
+
+
+def test_after_step_moves_the_target_memory_rows() -> None:
+    target, _ = clustered(3, 8, 8, seed=4)
+    method = prepared(target)
+    before = method.target_memory.clone()
+    g = torch.Generator().manual_seed(5)
+    x = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    batch = Batch(epoch=0, step=1, target=x, target_index=torch.tensor([2, 9, 2]))
+    method.loss(nn.Identity(), batch)
+    method.after_step(batch)
+    expected = before.clone()
+    for row, feat in zip([2, 9, 2], x, strict=True):  # sequential, in batch order
+        expected[row] = F.normalize(0.2 * expected[row] + 0.8 * feat, dim=0)
+    torch.testing.assert_close(method.target_memory, expected)
+
+
+def test_every_epoch_reclusters_the_current_memory() -> None:
+    two, _ = clustered(2, 12, 8, seed=6, spread=0.05)
+    three, _ = clustered(3, 8, 8, seed=7, spread=0.05)
+    method = prepared(two)  # 24 rows in 2 groups
+    assert method.num_clusters == 2
+    method.target_memory = F.normalize(three, dim=1)  # the memory moved during the epoch
+    method.on_epoch(1, nn.Identity(), TrainData(), embed=None)
+    assert method.num_clusters == 3
+    ids = method.pseudo[:method.num_clusters * 8].reshape(3, 8)
+    assert all(len(set(r)) == 1 for r in ids) and len({r[0] for r in ids}) == 3
+
+
+def test_on_epoch_applies_the_reliability_filter(monkeypatch) -> None:
+    """on_epoch's labels are the reliability criterion's output (tight and loose clusterings
+    included), not the raw DBSCAN clusters; the first threshold is frozen."""
+    import bench.methods.spcl as spcl_module
+
+    calls = []
+    real = spcl_module.reliable_clusters
+
+    def drop_first(labels, tight, loose, threshold, keep=0.9):
+        calls.append((labels.copy(), tight.copy(), loose.copy(), threshold))
+        out, frozen = real(labels, tight, loose, threshold, keep=keep)
+        out = out.copy()
+        out[0] = -1  # an observable decision of the filter
+        return out, frozen
+
+    monkeypatch.setattr(spcl_module, "reliable_clusters", drop_first)
+    target, _ = clustered(3, 8, 8, seed=8, spread=0.05)
+    method = prepared(target)
+    assert len(calls) == 1
+    assert method.pseudo[0] >= method.num_clusters  # row 0 is an outlier now
+    assert method.threshold is not None and calls[0][3] is None
+    method.on_epoch(1, nn.Identity(), TrainData(), embed=None)
+    assert calls[1][3] == method.threshold  # frozen after the first clustering
+
+
+def test_reliability_filter_acts_inside_on_epoch() -> None:
+    """Data-driven: a cluster made of two nearby blobs plus a far blob; with eps_gap 0.3 the
+    tight clustering splits them, so the compactness criterion rejects members that raw DBSCAN
+    keeps. on_epoch returns the filtered labels, not the raw ones."""
+    from sklearn.cluster import DBSCAN
+
+    g = np.random.default_rng(3)
+    c1, c3 = g.normal(size=8), 3 * g.normal(size=8)
+    x = np.concatenate([c1 + 0.05 * g.normal(size=(8, 8)),
+                        c1 + 0.3 * np.eye(8)[0] + 0.05 * g.normal(size=(4, 8)),
+                        c3 + 0.05 * g.normal(size=(8, 8))]).astype(np.float32)
+    method = make({**SMALL, "eps_gap": 0.3}, num_classes=0)
+    method.target_memory = F.normalize(torch.as_tensor(x), dim=1)
+    distance = jaccard_distance(method.target_memory.numpy(), k1=6, k2=3)
+    raw = [DBSCAN(eps=e, min_samples=4, metric="precomputed").fit_predict(distance)
+           for e in (0.6, 0.3, 0.9)]
+    expected, _ = reliable_clusters(*raw, None, keep=0.9)
+    assert np.any(expected != raw[0])  # the criterion rejects something here
+    method.on_epoch(0, nn.Identity(), TrainData(), embed=None)
+    np.testing.assert_array_equal(method.pseudo, compact_labels(expected)[0])
+    assert not np.array_equal(method.pseudo, compact_labels(raw[0])[0])
+
+
+def test_validation_on_source_data_uses_the_source_batchnorm() -> None:
+    method = make(num_classes=3)
+    model = method.wrap_model(conv_model(), backbone="resnet18")
+    (layer,) = dsbn_layers(model)
+    with torch.no_grad():
+        layer.source.running_mean.fill_(2.0)  # distinguishable statistics
+    model.eval()
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    h = model.trunk[0](x)
+    with method.evaluation_domain(model, "source"):
+        torch.testing.assert_close(layer(h), layer.source(h))
+        source_embedding = model(x)
+    torch.testing.assert_close(layer(h), layer.target(h))  # back to target afterwards
+    assert not torch.allclose(source_embedding, model(x))
+    with method.evaluation_domain(model, "target"):
+        torch.testing.assert_close(layer(h), layer.target(h))
+
+
+def test_target_term_false_is_the_source_only_ablation() -> None:
+    source, labels = clustered(3, 4, 8, seed=10)
+    target, _ = clustered(3, 4, 8, seed=11)
+    method = make({**SMALL, "target_term": False}, num_classes=3)
+    model = method.wrap_model(conv_model(), backbone="resnet18")
+    assert not dsbn_layers(model)  # no DSBN in the ablation
+    head = EmbeddingModel(EmbeddingHead(8, 8))
+    data = TrainData(source=source, labels=labels, target=target, num_classes=3,
+                     kinds=frozenset({"labeled", "unlabeled_target"}))
+    method.setup(head, data, embed=lambda m, x: embed(m, x, batch_size=8, device=CPU),
+                 generator=torch.Generator().manual_seed(0))
+    method.on_epoch(0, head, data, embed=None)
+    assert method.target_memory is None and method.pseudo is None
+    batch = Batch(epoch=0, step=1, source=source[:4], labels=torch.as_tensor(labels[:4]),
+                  target=target[:4], target_index=torch.arange(4))
+    loss = method.loss(head, batch)
+    xs = head(source[:4])
+    torch.testing.assert_close(loss, F.cross_entropy(xs @ method.source_memory.T / 0.05,
+                                                     batch.labels))

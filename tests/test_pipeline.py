@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.augment import make_augment
 from bench.cli import main
+from bench.data.camera_style import ColourStatistics
 from bench.data.real.lazy import LazyImages
 from bench.errors import BenchError
 from bench.experiment import LazyImageTensor
@@ -90,9 +91,11 @@ def image_data(root: Path) -> TrainData:
     paths = jpeg_tree(root)
     images = LazyImageTensor(LazyImages(root, paths, 24))
     labels = np.repeat(np.arange(CLASSES), PER_CLASS)
-    views = [np.flatnonzero(labels == labels[i]) for i in range(len(labels))]
-    return TrainData(source=images, labels=labels, target=images, camera_views=views,
-                     num_classes=CLASSES, kinds=frozenset({"labeled", "unlabeled_target"}))
+    cameras = np.arange(len(labels)) % 2  # label-free views: each row as the other camera
+    views = ColourStatistics.fit(images, cameras)
+    return TrainData(source=images, labels=labels, target=images, target_cameras=cameras,
+                     camera_views=views, num_classes=CLASSES,
+                     kinds=frozenset({"labeled", "unlabeled_target"}))
 
 
 AUGMENT = AugmentationSpec(random_resized_crop_scale=(0.3, 1.0),
@@ -143,6 +146,18 @@ def test_same_batches_and_augmentation_for_0_1_4_workers(tmp_path: Path) -> None
     other_seed = fit(data, 0, seed=1).seen
     assert not all(torch.equal(a["source"], b["source"])
                    for a, b in zip(reference, other_seed, strict=True))
+
+
+def test_device_side_augmentation_gives_the_same_batches(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path augments after the copy, in the loop; run that path on the CPU."""
+    data = image_data(tmp_path / "tree")
+    reference = fit(data, 0).seen
+    monkeypatch.setattr("bench.train.augment_on_device", lambda device: True)
+    on_device = fit(data, 2).seen
+    for a, b in zip(reference, on_device, strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
 
 
 def test_batch_generators_depend_on_seed_stream_and_step_only() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.data import load_dataset
 from bench.data.merge import ConcatImages, merge_datasets
@@ -14,7 +15,7 @@ from bench.data.records import ImageDataset
 from bench.errors import BenchError
 from bench.protocol import SettingSpec
 from bench.runner import RunOptions, plan_protocol, run_protocol
-from bench.settings import camera_views, fold_rows, query_gallery_rule, resolve_layout
+from bench.settings import fold_rows, query_gallery_rule, resolve_layout
 from bench.splits import ClassSplit
 
 UDA = {"kind": "uda", "source": ["sans", "serif"], "target": ["mono", "stix"]}
@@ -69,11 +70,13 @@ def test_fold_rows_give_each_method_only_what_it_consumes(glyphs: ImageDataset) 
     assert set(glyphs.labels[target]) == set(range(10, 20))
     assert len(target) == 10 * 8
     assert full.data.domains is not None and set(full.data.domains) == {0, 1}
-    # camera views: same identity, other font, positions within the target rows
-    for i, views in enumerate(full.data.camera_views):
-        assert len(views) == 7
-        assert np.all(glyphs.labels[target[views]] == glyphs.labels[target[i]])
-        assert np.all(glyphs.cameras[target[views]] != glyphs.cameras[target[i]])
+    # row numbers are not images: no view can be rendered, and the kinds say so
+    assert full.data.camera_views is None and "camera_views" not in full.data.kinds
+    images = fold_rows(layout, glyphs, torch.from_numpy(glyphs.images), fold,
+                       frozenset(layout.kinds))
+    views = images.data.camera_views
+    assert "camera_views" in images.data.kinds and views.num_cameras == 8  # mono + stix fonts
+    np.testing.assert_array_equal(images.data.target_cameras, glyphs.cameras[target])
     # validation: held-out source identities, query -> gallery
     assert set(glyphs.labels[full.validation]) == {8, 9}
     assert not np.any(full.validation & full.validation_gallery)
@@ -96,10 +99,23 @@ def test_unknown_domain_names_the_setting_field(glyphs: ImageDataset) -> None:
         resolve_layout(spec, glyphs, source="p.yaml")
 
 
-def test_camera_views_exclude_the_same_camera(glyphs: ImageDataset) -> None:
-    rows = np.flatnonzero(glyphs.labels == 0)
-    views = camera_views(glyphs, rows)
-    assert all(len(v) == 15 for v in views)
+def test_camera_view_draws_another_target_camera(glyphs: ImageDataset) -> None:
+    layout = resolve_layout(SettingSpec(**UDA), glyphs, source="p.yaml")
+    fold = ClassSplit("f", layout.train_classes, np.array([], np.int64), layout.test_classes)
+    rows = fold_rows(layout, glyphs, torch.from_numpy(glyphs.images), fold,
+                     frozenset(layout.kinds))
+    views, cameras = rows.data.camera_views, rows.data.target_cameras
+    restyled = []
+    for c in views.cameras:  # rows already at camera c are unchanged by "as camera c"
+        own = cameras == c
+        same = views.restyle(rows.data.target[own], cameras[own], cameras[own])
+        assert torch.equal(same, rows.data.target[own])
+        restyled.append(views.restyle(rows.data.target, cameras, np.full(len(cameras), c)))
+    drawn = views.draw(rows.data.target, cameras, np.random.default_rng(0))
+    for i in range(len(cameras)):  # each view is the row as one of the OTHER cameras
+        matches = [c for c, r in zip(views.cameras, restyled, strict=True)
+                   if torch.equal(r[i], drawn[i])]
+        assert any(c != cameras[i] for c in matches)
 
 
 def _tiny(name: str, n_classes: int, roles: list[str] | None = None) -> ImageDataset:
@@ -195,7 +211,7 @@ def test_uda_run_end_to_end(write_protocol, tmp_path: Path) -> None:
     assert set(frame["setting"]) == {"uda"}
     data = frame.groupby("method")["data"].first().to_dict()
     assert data == {"contrastive": "labeled source", "dimn": "labeled source",
-                    "ecn": "labeled source + unlabeled target + camera views",
+                    "ecn": "labeled source + unlabeled target",  # features: no views
                     "spcl": "labeled source + unlabeled target"}
     text = summary.read_text()
     assert "| method | n | cmc_1 | cmc_5 | cmc_10 | mAP | hyperparameters | data used |" in text
@@ -226,11 +242,28 @@ def test_setting_protocols_validate_and_dry_run(name: str) -> None:
     text = describe_plan(plan)
     p = plan.protocol
     assert p.setting.kind in ("uda", "dg")
-    runs = p.budget.trials * p.folds + p.reproductions * p.folds
-    assert f"total: {runs * len(p.methods)} training runs" in text
+    runs = sum((p.budget.trials * p.folds if m.search else 0) + p.reproductions * p.folds
+               for m in p.methods)  # unsearched entries (the ablations) only retrain
+    assert f"total: {runs} training runs" in text
     names = {m.method for m in p.methods}
     if p.setting.kind == "uda":  # the four re-ID methods and >= 4 PML baselines
         assert {"ecn", "spcl", "dimn", "ptl"} <= names
         assert sum(m.method == "pml_loss" for m in p.methods) >= 4
     else:
         assert not any("unlabeled_target" in method_class(m).requires for m in names)
+    for m in p.methods:  # every adaptation method is paired with its own ablation
+        if m.method in ("ecn", "spcl") and m.ablation_of is None:
+            assert any(a.ablation_of == m.name for a in p.methods), m.name
+
+
+def test_ablation_protocol_pairs_each_method_with_itself(write_protocol) -> None:
+    root = Path(__file__).resolve().parents[1] / "protocols"
+    p = plan_protocol(root / "uda_glyph_cameras.yaml").protocol
+    pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
+    assert pairs == {"ecn_source_only": "ecn", "spcl_source_only": "spcl"}
+    by_name = {m.name: m for m in p.methods}
+    assert all(by_name[a].method == by_name[m].method for a, m in pairs.items())
+    assert p.reproductions >= 3
+    with pytest.raises(BenchError, match="ablation_of 'nope'"):
+        plan_protocol(write_protocol({"methods": [
+            {"name": "a", "params": {"loss": "ContrastiveLoss"}, "ablation_of": "nope"}]}))

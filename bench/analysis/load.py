@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
@@ -62,6 +63,15 @@ def read_results(csv: str | Path) -> pd.DataFrame:
             raise BenchError(f"line {first + 2}: not {kind} ({frame[column].iloc[first]!r})",
                              source=str(csv), field=column)
         frame[column] = converted.astype(int if column == "seed" else float)
+    infinite = np.isinf(frame["value"].to_numpy())
+    if infinite.any():  # no metric is infinite: inf would rank first and poison every mean
+        first = int(infinite.argmax())
+        raise BenchError(f"line {first + 2}: value {frame['value'].iloc[first]} is not finite "
+                         "(a damaged table? re-create it with `bench rebuild`)",
+                         source=str(csv), field="value")
+    if len(frame) and frame["value"].isna().all():
+        raise BenchError("every value is NaN: nothing to compare (did every run fail?)",
+                         source=str(csv), field="value")
     if "fid" in frame.columns:
         frame["fid"] = pd.to_numeric(frame["fid"], errors="coerce")
     if "is_default_split" in frame.columns:

@@ -97,7 +97,8 @@ def summarize(frame: pd.DataFrame, *, model: str | None = None, metrics: list[st
                     "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan})
     summary = pd.DataFrame(out)
     summary["rank"] = (summary.groupby([*groups, "metric"])["mean"]
-                       .rank(ascending=False, method="min").astype(int))
+                       .rank(ascending=False, method="min", na_option="bottom")
+                       .astype(int))  # a NaN mean (no value) ranks last, never first
     order = {m: i for i, m in enumerate(metrics)}
     summary["_order"] = summary["metric"].map(order)
     return (summary.sort_values([*groups, "_order", "rank", "method"], kind="stable")

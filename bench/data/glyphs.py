@@ -144,7 +144,7 @@ def _render_class(cp: int, fonts: list[ImageFont.FreeTypeFont], size: int) -> np
     available=_available,
     where=_where,
     sources=_sources,
-    version="glyphs-2",
+    version="glyphs-3",
 )
 def build_glyphs(*, image_size: int = 64, max_classes: int | None = None) -> ImageDataset:
     """Render every kept code point in every font; deterministic for a given Pillow/FreeType."""
@@ -174,6 +174,5 @@ def build_glyphs(*, image_size: int = 64, max_classes: int | None = None) -> Ima
         class_names=[class_name(cp) for cp in kept],
         domain_names=list(FAMILIES),
         camera_names=[f"{family}/{style}" for family, style, _file in FONTS],
-        meta={"shared_codepoints": len(shared_codepoints()), "dropped_blank": dropped,
-              "camera_views": True},
+        meta={"shared_codepoints": len(shared_codepoints()), "dropped_blank": dropped},
     )

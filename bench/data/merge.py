@@ -114,9 +114,11 @@ def merge_datasets(parts: list[ImageDataset]) -> ImageDataset:
         class_names += [f"{p.name}/{c}" for c in p.class_names]
         domain_names += [d if d == p.name else f"{p.name}/{d}" for d in p.domain_names]
         camera_names += [f"{p.name}/{c}" for c in p.camera_names]
-    meta = {"merged": [p.name for p in parts],
-            "camera_views": all(p.meta.get("camera_views", False) for p in parts),
-            "junk_labels": junk}
+    meta = {"merged": [p.name for p in parts], "junk_labels": junk}
+    if any(p.meta.get("camera_views", "colour_statistics") is False for p in parts):
+        meta["camera_views"] = False  # a part that declares no camera views
+    # otherwise the pool's views are the label-free colour-statistics transfer (the parts'
+    # imaging-condition tables, if any, do not combine into one camera numbering)
     return ImageDataset(
         name="+".join(p.name for p in parts), images=images,
         labels=np.concatenate(labels), domains=np.concatenate(domains),

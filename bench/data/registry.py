@@ -27,6 +27,7 @@ from bench.errors import BenchError
 BUILTIN_MODULES: tuple[str, ...] = (
     "bench.data.glyphs",
     "bench.data.emoji",
+    "bench.data.glyph_cameras",
     # real datasets read from disk (bench/data/real/)
     "bench.data.real.cub",
     "bench.data.real.cars",

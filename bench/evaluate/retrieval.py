@@ -22,6 +22,7 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.metrics import normalized_mutual_info_score
 
 from bench.errors import BenchError
+from bench.evaluate.label_dtype import align_integers
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], Any]
 """``score_fn(query_block, reference) -> (len(query_block), len(reference)) scores``, higher =
@@ -89,6 +90,7 @@ def encode_labels(a: np.ndarray, b: np.ndarray, source: str) -> tuple[np.ndarray
     if len(numeric) != 1:
         raise BenchError(f"query and reference labels have incompatible dtypes "
                          f"({a.dtype} vs {b.dtype})", source=source, field="labels")
+    a, b = align_integers(a, b)  # uint64 with int64 would become float64 and merge ids
     uniq, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
     inverse = inverse.astype(np.int64, copy=False)
     return inverse[: len(a)], inverse[len(a):], len(uniq)

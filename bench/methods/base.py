@@ -13,9 +13,10 @@ Data kinds (``DATA_KINDS``) name what a setting can offer a method:
   dg: all source domains pooled), labels 0..C-1;
 * ``unlabeled_target``: target-domain training images without labels (uda only);
 * ``domain_labels``: which source domain each labeled image comes from (2 or more domains);
-* ``camera_views``: for each target training image, other images of the same item seen by other
-  cameras (only where the dataset declares its cameras render the same item, e.g. the embedded
-  sets' fonts / emoji views; never derived from real re-ID identities, which would leak labels).
+* ``camera_views``: a view maker rendering a target training image as another target camera
+  would see it, from THAT image and camera ids only (:mod:`bench.data.camera_style`: the
+  dataset's imaging conditions, else a colour-statistics transfer measured on unlabeled target
+  images). Never other rows of the same identity: that would hand the method the target labels.
 
 A method declares ``requires`` (all must be available, else the protocol is refused before any
 training) and ``optional`` (used when present). It receives exactly the kinds in
@@ -24,6 +25,7 @@ training) and ``optional`` (used when present). It receives exactly the kinds in
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+
+from bench.data.camera_style import CameraViews
 
 DATA_KINDS: tuple[str, ...] = ("labeled", "unlabeled_target", "domain_labels", "camera_views")
 DATA_LABELS = {"labeled": "labeled source", "unlabeled_target": "unlabeled target",
@@ -57,8 +61,8 @@ class TrainData:
     domains: np.ndarray | None = None  # int64 0..num_domains-1, one per source row
     target: Any | None = None  # unlabeled target inputs
     target_cameras: np.ndarray | None = None  # int64 camera index per target row
-    #: camera_views[i]: target rows showing the same item as row i under another camera
-    camera_views: list[np.ndarray] | None = None
+    #: renders target images as other target cameras see them (label-free; ``camera_views``)
+    camera_views: CameraViews | None = None
     num_classes: int = 0
     num_domains: int = 0
     kinds: frozenset[str] = field(default_factory=frozenset)
@@ -71,8 +75,8 @@ class Batch:
     ``source``/``labels``/``domains``: a P x K batch of labeled rows (``source_index`` = their
     rows in ``TrainData.source``). ``target``: rows of the unlabeled target set
     (``target_index``), drawn by the method's ``target_sampler`` (uniform by default);
-    ``target_views``: for each of them, one other-camera view of the same item (``camera_views``
-    kind only), else None.
+    ``target_views``: for each of them, the same image re-imaged by another target camera
+    (``camera_views`` kind only), else None.
     """
 
     epoch: int
@@ -157,6 +161,17 @@ class Method(ABC):
 
     def after_step(self, batch: Batch) -> None:
         """After the optimiser step, without gradient: memory updates."""
+        return None
+
+    def evaluation_domain(self, model: nn.Module,
+                          domain: str) -> contextlib.AbstractContextManager:
+        """Context for scoring data of ``domain`` ("source": validation on held-out source
+        identities; "target": the test) with ``model``; domain-specific layers route by it."""
+        return contextlib.nullcontext()
+
+    def pseudo_labels(self) -> tuple[np.ndarray, int] | None:
+        """The current target pseudo-labels (0..K-1 clusters, then one id per outlier) and K,
+        for the harness's audit of clustering quality (None: the method has none)."""
         return None
 
     def score_fn(self, model: nn.Module, device: torch.device) -> ScoreFn | None:

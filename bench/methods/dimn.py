@@ -38,8 +38,12 @@ class DIMNParams(BaseModel):
     #: how the triplet's scores are normalised (the paper's formula is not available to us):
     #: softmax over the probe's C memory logits, or cosine similarity
     triplet_scores: Literal["softmax", "cosine"] = "softmax"
-    #: multiplies the probe logits g(x_probe) . W_hat (1 = the paper's formula; see deviations)
-    logit_scale: float = Field(1.0, gt=0)
+    #: which negatives the softmax-score triplet uses: the hardest (highest-scoring) other
+    #: identity, or the mean over all C - 1 (which reduces to relu(margin - p_pos) + small terms)
+    triplet_negatives: Literal["hardest", "all"] = "hardest"
+    #: multiplies the probe logits g(x_probe) . W_hat. 16 (what every protocol used): on unit-norm
+    #: features the paper's scale 1 keeps logits in [-1, 1], a softmax too flat to train
+    logit_scale: float = Field(16.0, gt=0)
     #: initial memory: h(class-mean embedding) from one pass over the labeled data, or random
     memory_init: Literal["class_means", "random"] = "class_means"
 
@@ -121,15 +125,19 @@ class DIMN(Method):
     Deviations from the paper:
 
     * encoder: the protocol's backbone + L2-normalised embedding head, not MobileNetV2's
-      1792-d unnormalised feature; memory logits are therefore bounded by ||theta||, and
-      ``logit_scale`` (default 1 = the paper's formula) is offered as a searchable knob;
+      1792-d unnormalised feature; memory logits are therefore bounded by ||theta||, so they are
+      multiplied by ``logit_scale`` = 16 (the paper's formula is scale 1 on unnormalised
+      features; 1 on unit vectors leaves logits in [-1, 1], nearly inert); searchable;
     * episodes come from the loop's P x K batch (the same sampler for every method), not the
       paper's own episode sampler of C_b identities x 2 images; gallery = first, probe = second
       drawn row of each identity, one direction only; extra rows feed only the identity CE;
     * the triplet scores S are our reading of the paper's "normalised" scores (its equations
       are not available to us): softmax over the probe's C memory logits (default) or cosine
-      similarity (PML ``TripletMarginLoss`` with ``CosineSimilarity``); all (probe, negative)
-      pairs are averaged, and the weight regression is averaged over identities;
+      similarity (PML ``TripletMarginLoss`` with ``CosineSimilarity``, all (probe, negative)
+      pairs averaged); the softmax form uses the HARDEST negative by default
+      (``triplet_negatives``: averaging over all C - 1 negatives, whose softmax scores are
+      mostly ~0, reduces it to relu(margin - p_pos)); the weight regression is averaged over
+      identities;
     * initialisation (unspecified in the paper): h = identity with zero bias; W = h(class-mean
       embedding), normalised, from one embedding pass in ``setup`` (or random unit columns);
       the identity classifier (bias-free linear, the paper's f_theta) is drawn from the
@@ -244,17 +252,21 @@ class DIMN(Method):
                 + p.lambda_triplet * triplet)
 
     def _softmax_triplet(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Hinge on softmax-normalised scores, averaged over all (probe, negative) pairs.
+        """Hinge on softmax-normalised scores: relu(margin - p_pos + p_neg) per probe with its
+        hardest negative (default), or averaged over all (probe, negative) pairs.
 
         Hand-written: PML's triplet losses compare embeddings through a distance, not
         precomputed normalised scores.
         """
         scores = logits.softmax(dim=1)
         positive = scores.gather(1, ids[:, None])
-        violation = F.relu(self.params.margin - positive + scores)
-        negative = torch.ones_like(violation, dtype=torch.bool).scatter_(1, ids[:, None], False)
+        negative = torch.ones_like(scores, dtype=torch.bool).scatter_(1, ids[:, None], False)
         if not negative.any():  # a single training class has no negatives
             return logits.sum() * 0.0
+        if self.params.triplet_negatives == "hardest":
+            hardest = scores.masked_fill(~negative, float("-inf")).max(dim=1, keepdim=True).values
+            return F.relu(self.params.margin - positive + hardest).mean()
+        violation = F.relu(self.params.margin - positive + scores)
         return violation[negative].mean()
 
     def after_step(self, batch: Batch) -> None:

@@ -44,7 +44,7 @@ class ECN(Method):
 
     Loss: ``(1 - lam) * CE(classifier(f_s), y) + lam * L_target`` with ``f_t = model(x_t)``,
     ``z = f_t @ M.T / beta`` and ``L_target = CE(z, i)`` (exemplar + camera invariance, the input
-    having been swapped for another camera's view of the same row) before
+    having been swapped for the same image as another camera sees it) before
     ``neighbour_start_epoch``, then ``-sum_j w_j log softmax(z)_j`` with ``w = 1`` on the own
     slot and ``1/k`` on the ``k`` most similar other slots; both averaged over the batch, as in
     the authors' ``InvNet`` (``F.cross_entropy`` / ``loss.sum(1).mean(0)``). After the step,
@@ -56,9 +56,12 @@ class ECN(Method):
     ``classifier_init_std`` = 0.001 (code: source classifier weights N(0, 0.001), bias 0).
     ``camera_prob`` = ``auto``: the authors' ``UnsupervisedCamStylePreprocessor`` draws a camera
     uniformly among all cameras and keeps the real image when it draws the image's own camera,
-    so a row with ``n`` other-camera views is swapped with probability ``n / (n + 1)`` (5/6 on
-    Market's 6 cameras; a row without other views is never swapped); a number in [0, 1]
-    overrides it for every row.
+    so with ``C`` target cameras a row is swapped with probability ``(C - 1) / C`` (5/6 on
+    Market's 6 cameras) for a view rendered as one of the other ``C - 1`` cameras, drawn
+    uniformly; a number in [0, 1] overrides it for every row.
+
+    ``lam`` = 0 is ECN's own source-only ablation (the source classifier alone: no target
+    forward, loss or memory update).
 
     Harness constants (not in the paper): ``alpha_max`` = 0.59 caps alpha at the largest value
     of the authors' 60-epoch schedule (0.01 x 59), since harness runs can have more epochs and
@@ -69,10 +72,14 @@ class ECN(Method):
 
     Deviations from the paper / authors' code:
 
-    * camera invariance uses the dataset's other-camera views (``camera_views``), not
-      StarGAN-made camera-style transfers; without them it falls back to a photometric view
-      (colour jitter + grayscale on images, Gaussian feature noise on cached features), which
-      is augmentation invariance, not camera invariance;
+    * camera invariance uses label-free views of THE SAME image (``camera_views``,
+      :mod:`bench.data.camera_style`: the dataset's imaging condition of another camera
+      re-applied to the row's picture, or the row's colours moved to another target camera's
+      mean/std measured on unlabeled target images), not StarGAN-made CamStyle images; never
+      another image of the same identity. Without views (cached features, one target camera)
+      it falls back to a photometric view (colour jitter + grayscale on images, Gaussian
+      feature noise on cached features), which is augmentation invariance, not camera
+      invariance;
     * target head = the protocol's embedding head (the paper: FC-4096 + BN, L2-normalised, and
       dropout 0.5 after the normalisation in the code); no dropout here;
     * the source classifier is a method-owned ``Linear(embedding_size, num_classes)`` over the
@@ -144,11 +151,11 @@ class ECN(Method):
         self.memory = torch.zeros(len(data.target), self.embedding_size, device=self.device)
         self.view_prob = None
         if data.camera_views is not None:
-            if self.p.camera_prob == "auto":
-                counts = np.array([len(v) for v in data.camera_views], dtype=np.float32)
-                prob = counts / (counts + 1)
+            if self.p.camera_prob == "auto":  # C target cameras: C - 1 other-camera views
+                others = data.camera_views.num_cameras - 1
+                prob = np.full(len(data.target), others / (others + 1), dtype=np.float32)
             else:
-                prob = np.full(len(data.camera_views), self.p.camera_prob, dtype=np.float32)
+                prob = np.full(len(data.target), self.p.camera_prob, dtype=np.float32)
             self.view_prob = torch.as_tensor(prob, device=self.device)
 
     def alpha(self, epoch: int) -> float:
@@ -217,7 +224,7 @@ class ECN(Method):
         if batch.source is not None:
             logits = self.classifier(model(batch.source))
             total = total + (1 - self.p.lam) * F.cross_entropy(logits, batch.labels)
-        if batch.target is not None:
+        if batch.target is not None and self.p.lam > 0:  # lam = 0: the source-only ablation
             features = model(self.target_inputs(batch))
             total = total + self.p.lam * self.target_loss(features, batch.target_index,
                                                           batch.epoch)

@@ -28,6 +28,10 @@ class PTLParams(BaseModel):
     #: loss weights (loss.py: Triplet_Loss + CrossEntropy_Loss, both 1)
     triplet_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
+    #: carry the BConv state from one training batch to the next (the paper's mechanism);
+    #: False resets it before every forward, which is what the authors' released script
+    #: effectively trained with after its first evaluation (``val`` left True)
+    carry_state: bool = True
 
     @model_validator(mode="after")
     def _checks(self) -> PTLParams:
@@ -61,7 +65,9 @@ class PTL(Method):
     rows; a larger one, or none, starts from zero); reset at every epoch start (as the code's
     ``resetalllatentstates`` per epoch); in eval mode every forward starts from zero and stores
     nothing. The authors' script sets ``val = True`` at its first evaluation and never clears it,
-    so from then on every training forward reset the state: not copied (carry-over stays on).
+    so from then on every training forward reset the state: not copied (carry-over stays on by
+    default); ``carry_state: false`` reproduces that behaviour (the cells then see only the
+    current batch: gates over the input alone, no cross-batch information).
 
     Deviations from the paper / authors' code:
 
@@ -149,6 +155,8 @@ class PTL(Method):
         reset_states(model)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        if not self.params.carry_state:
+            reset_states(model)
         embeddings = model(batch.source)
         labels = batch.labels
         p = self.params

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from bench.errors import BenchError
 from bench.methods.base import Batch, Embed, Method, TrainData
-from bench.models.dsbn import convert_dsbn, use_domain
+from bench.models.dsbn import convert_dsbn, evaluate_as, use_domain
 
 
 class SpCLParams(BaseModel):
@@ -31,6 +31,9 @@ class SpCLParams(BaseModel):
     min_samples: int = Field(4, ge=1)  # DBSCAN min_samples
     independence_keep: float = Field(0.9, gt=0, le=1)  # share of clusters kept (independence)
     num_instances: int = Field(4, ge=1)  # K of the P x K target sampler
+    #: False = the method's own source-only ablation: contrastive loss against the source-class
+    #: memory only (no target term, no clustering, no DSBN)
+    target_term: bool = True
 
 
 # -- k-reciprocal Jaccard distance -----------------------------------------------------------
@@ -197,6 +200,9 @@ class SpCL(Method):
     with a self-paced reliability criterion.
 
     Setting: ``uda``. Data kinds: requires ``unlabeled_target``; uses ``labeled`` when present.
+    ``target_term: false`` is SpCL's own source-only ablation (same loss, memory, momentum and
+    temperature over the source-class centroids only; no target term, clustering or DSBN), so a
+    protocol can show the adaptation gain of SpCL over itself.
     Without labeled data it is the paper's unsupervised variant (memory = target instances only,
     no DSBN).
 
@@ -235,6 +241,8 @@ class SpCL(Method):
       set at the first one that has (the authors' code would fail).
     * Loss: exact log-softmax over the compacted prototypes (the authors use a masked softmax
       with eps 1e-6 inside the log, over cluster ids that may be empty after rejection).
+    * Validation on held-out SOURCE identities runs through the source BN copy (the data's
+      domain, :meth:`evaluation_domain`); the test on target data through the target copy.
     * Target sampler: P x K on pseudo-labels without the authors' preference for other-camera
       views of the anchor (cameras are not used), drawn with the loop's seeded rng.
     * Jaccard distance: same algorithm on CPU faiss (exact L2 search); each sample is always in
@@ -282,9 +290,17 @@ class SpCL(Method):
         """DSBN in the trunk for the UDA variant (the runner passes num_classes = 0 without
         labeled data); nothing to do without a trunk (the head has no BatchNorm)."""
         trunk = getattr(model, "trunk", None)
-        if self.num_classes > 0 and trunk is not None:
+        if self.num_classes > 0 and trunk is not None and self.params.target_term:
             convert_dsbn(trunk)
         return model
+
+    def evaluation_domain(self, model: nn.Module, domain: str):
+        """Score source data (validation on held-out source identities) through the source BN
+        copy and target data through the target copy: each domain's own statistics."""
+        return evaluate_as(model, "source" if domain == "source" else "target")
+
+    def pseudo_labels(self) -> tuple[np.ndarray, int] | None:
+        return None if self.pseudo is None else (self.pseudo.copy(), self.num_clusters)
 
     def to(self, device: torch.device) -> SpCL:
         self.device = torch.device(device)
@@ -305,6 +321,10 @@ class SpCL(Method):
             classes = max(self.num_classes, int(labels.max()) + 1)
             sums = torch.zeros(classes, feats.shape[1]).index_add_(0, labels, feats)
             self.source_memory = F.normalize(sums, dim=1).to(self.device)  # mean, renormalised
+        if not self.params.target_term:  # the ablation keeps no target memory
+            if self.source_memory is None:
+                raise ValueError("SpCL with target_term false needs labeled source data")
+            return
         target = torch.from_numpy(embed(model, data.target)).float()
         self.target_memory = F.normalize(target, dim=1).to(self.device)
 
@@ -312,6 +332,8 @@ class SpCL(Method):
     def on_epoch(self, epoch: int, model: nn.Module, data: TrainData, *, embed: Embed) -> None:
         """Cluster the target memory rows; unreliable clusters fall back to singletons."""
         p = self.params
+        if not p.target_term:
+            return
         distance = jaccard_distance(self.target_memory.cpu().numpy(), k1=p.k1, k2=p.k2)
 
         def cluster(eps: float) -> np.ndarray:
@@ -356,6 +378,8 @@ class SpCL(Method):
     def prototypes(self) -> torch.Tensor:
         """All class prototypes: source centroids, target cluster centroids (mean of member
         rows, not renormalised, as the authors' averaged similarities), outlier rows."""
+        if not self.params.target_term:
+            return self.source_memory
         count = self.num_clusters + int((self.pseudo >= self.num_clusters).sum())
         sums = torch.zeros(count, self.target_memory.shape[1], device=self.device)
         sums.index_add_(0, self._pseudo_t, self.target_memory)
@@ -376,7 +400,7 @@ class SpCL(Method):
                 xs = model(batch.source)
             total = total + F.cross_entropy(xs @ protos.T / p.tau, batch.labels)
             self._pending.append((self.source_memory, batch.labels, xs.detach()))
-        if batch.target is not None:
+        if batch.target is not None and p.target_term:
             with use_domain(model, "target"):
                 xt = model(batch.target)
             labels = offset + self._pseudo_t[batch.target_index]

@@ -5,7 +5,8 @@ separate normalisation statistics per domain, so the two domains' feature distri
 blur each other's statistics. :func:`convert_dsbn` swaps every BatchNorm1d/2d of a network for
 a :class:`DomainSpecificBatchNorm` holding a ``source`` and a ``target`` copy, both initialised
 from the original layer; :func:`use_domain` picks which copy the next forward passes use.
-Evaluation always uses the target copy (the deployment domain).
+Evaluation uses the target copy (the deployment domain) unless :func:`evaluate_as` names the
+domain of the data being scored (validation on held-out SOURCE identities: the source copy).
 
 The copies are ordinary BatchNorm submodules, so :class:`bench.models.FrozenBatchNorm` (which
 puts every ``_BatchNorm`` below it back in eval mode on ``train()``) keeps freezing them.
@@ -28,7 +29,7 @@ class DomainSpecificBatchNorm(nn.Module):
     """A BatchNorm layer split into a ``source`` and a ``target`` copy.
 
     In training mode the copy named by ``domain`` normalises the batch (and updates its own
-    running statistics); in eval mode the target copy is always used.
+    running statistics); in eval mode the copy named by ``eval_domain`` (target by default).
     """
 
     def __init__(self, batchnorm: nn.Module) -> None:
@@ -36,11 +37,11 @@ class DomainSpecificBatchNorm(nn.Module):
         self.source = copy.deepcopy(batchnorm)
         self.target = copy.deepcopy(batchnorm)
         self.domain: Domain = "target"
+        self.eval_domain: Domain = "target"
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.training and self.domain == "source":
-            return self.source(inputs)
-        return self.target(inputs)
+        domain = self.domain if self.training else self.eval_domain
+        return self.source(inputs) if domain == "source" else self.target(inputs)
 
 
 def convert_dsbn(module: nn.Module) -> int:
@@ -77,3 +78,17 @@ def use_domain(module: nn.Module, domain: Domain) -> Iterator[None]:
         yield
     finally:
         set_domain(module, "target")
+
+
+@contextmanager
+def evaluate_as(module: nn.Module, domain: Domain) -> Iterator[None]:
+    """Eval-mode forward passes inside the block use ``domain``'s BatchNorm (the domain of the
+    data being scored); back to target afterwards."""
+    layers = dsbn_layers(module)
+    for layer in layers:
+        layer.eval_domain = domain
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.eval_domain = "target"

@@ -209,6 +209,8 @@ def parse_image_size(value: Any) -> int | list[int]:
 
 
 def parse_count_mode(value: Any) -> str:
+    if value is False:  # YAML 1.1 (and so `--option counts=off`) reads a bare off as false
+        return "off"
     if value in COUNT_MODES:
         return value
     raise ValueError(f"must be one of {', '.join(COUNT_MODES)}, got {value!r}")

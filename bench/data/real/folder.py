@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from bench.data.registry import Option
 from bench.errors import BenchError
 
 LAYOUTS = ("auto", "class", "domain/class")
+#: how ``<domain>/<class>`` folders map to classes: ``shared`` = a class name is one class in
+#: every domain (an identity seen by several cameras/styles); ``per_domain`` = each
+#: ``<domain>/<class>`` is its own class (Omniglot's ``<alphabet>/<character>``); ``auto`` =
+#: shared, with one line on stderr when names repeat across domains (never silently)
+CLASS_MODES = ("auto", "shared", "per_domain")
 SINGLE = "all"  # the domain/camera name when the layout has none
 
 
@@ -29,6 +35,12 @@ def parse_layout(value: Any) -> str:
     if value in LAYOUTS:
         return value
     raise ValueError(f"must be one of {', '.join(LAYOUTS)}, got {value!r}")
+
+
+def parse_classes(value: Any) -> str:
+    if value in CLASS_MODES:
+        return value
+    raise ValueError(f"must be one of {', '.join(CLASS_MODES)}, got {value!r}")
 
 
 def parse_pattern(value: Any) -> str | None:
@@ -71,7 +83,8 @@ def walk_images(root: Path) -> list[tuple[str, ...]]:
     return sorted(found)
 
 
-def index_folder(folder: Path, *, layout: str = "auto", camera_pattern: str | None = None) -> Table:
+def index_folder(folder: Path, *, layout: str = "auto", camera_pattern: str | None = None,
+                 classes: str = "auto") -> Table:
     images = walk_images(folder)
     if not images:
         raise BenchError("no images found (expected root/<class>/<image> or "
@@ -104,11 +117,31 @@ def index_folder(folder: Path, *, layout: str = "auto", camera_pattern: str | No
                 raise BenchError(f"camera_pattern {camera_pattern!r} does not match the file "
                                  "name", source=str(folder / relative))
             camera = match.groupdict().get("camera") or match.group(1)
-        # class names are qualified by nothing: the same class folder name in two domains is
-        # the same class (e.g. the same identity seen by two cameras / styles)
+        if classes == "per_domain" and want == 3:
+            cls = f"{domain}/{cls}"  # Omniglot-like: the same name in two domains, two classes
         table.add(relative, cls, domain, camera, None)
     table.meta["layout"] = layout
+    table.meta["classes"] = _note_shared_classes(folder, images, classes) if want == 3 \
+        else "shared"
     return table
+
+
+def _note_shared_classes(folder: Path, images: list[tuple[str, ...]], classes: str) -> str:
+    """``classes`` as applied; under ``auto``, one line when class names repeat across domains
+    (they are merged: say so, and how to keep them apart)."""
+    if classes != "auto":
+        return classes
+    domains_of: dict[str, set[str]] = {}
+    for parts in images:
+        domains_of.setdefault(parts[-2], set()).add(parts[0])
+    repeated = sorted(name for name, found in domains_of.items() if len(found) > 1)
+    if repeated:
+        folders = sum(len(found) for found in domains_of.values())
+        print(f"bench: {folder}: {len(repeated)} class name(s) appear in several domains (e.g. "
+              f"{repeated[0]!r}) and are merged: {len(domains_of)} classes from {folders} "
+              f"<domain>/<class> folders; set the option classes=per_domain to keep each "
+              f"<domain>/<class> apart, or classes=shared to silence this", file=sys.stderr)
+    return "shared"
 
 
 FOLDER = register_real(RealDataset(
@@ -119,6 +152,8 @@ FOLDER = register_real(RealDataset(
     index=index_folder,
     extra_options={
         "layout": Option("auto", parse_layout, "auto, class or domain/class"),
+        "classes": Option("auto", parse_classes, "auto, shared or per_domain (domain/class "
+                          "layout: is a class name one class across domains?)"),
         "camera_pattern": Option(None, parse_pattern,
                                  "regex on the file name; group 1 is the camera"),
     },

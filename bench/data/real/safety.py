@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from bench.data.real.pixels import to_rgb
 from bench.errors import BenchError, DataError
 
 #: Raster formats a dataset image may have; anything else is refused before decoding.
@@ -129,8 +130,8 @@ def open_rgb(path: Path, *, draft: tuple[int, int] | None = None) -> Image.Image
                 )
             if draft is not None and image.format == "JPEG":
                 image.draft("RGB", draft)
-            rgb = image.convert("RGB")
-            rgb.load()
+            image.load()
+            rgb = to_rgb(image)  # EXIF orientation, transparency on white, 16-bit scaled
             return rgb
     except FileNotFoundError:
         raise DataError("image file is missing", source=str(path)) from None
