@@ -536,6 +536,8 @@ class ProtocolRun:
         describe_study(study, phase=phase, protocol=self.p.name, dataset=ctx.name,
                        method=spec.name, implementation=spec.method, split=ctx.default.id,
                        metric=self.p.evaluation.primary, details=details)
+        plugins.check_study(study, plugins.signature({spec.name: self.plan.plugins.get(
+            spec.name, {})}), source=self.plan.source)
 
     def objective(self, ctx: DatasetContext, spec: MethodSpec):
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
