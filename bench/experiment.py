@@ -41,6 +41,8 @@ class Inputs:
     feature_size: int
     weights: str
     frozen: bool
+    #: ``cache_frozen``: the tensor holds activations entering this trained stage (+ pooling)
+    stage: nn.Module | None = None
 
 
 def prepare_inputs(protocol: Protocol, ds: ImageDataset, device: torch.device,
@@ -50,6 +52,14 @@ def prepare_inputs(protocol: Protocol, ds: ImageDataset, device: torch.device,
         features, weights = trunk_features(ds, model.backbone, pretrained=model.pretrained,
                                            device=device, progress=progress)
         return Inputs(torch.from_numpy(features), features.shape[1], weights, True)
+    if model.cache_frozen:
+        from bench.activations import cached_activations
+
+        acts, split, _ = cached_activations(ds, model.backbone, pretrained=model.pretrained,
+                                            crop_size=protocol.train.augmentation.crop_size,
+                                            device=device, progress=progress)
+        return Inputs(torch.from_numpy(acts), split.trunk.feature_size, split.trunk.weights,
+                      False, stage=split.suffix)
     trunk = build_trunk(model.backbone, pretrained=model.pretrained)
     if isinstance(ds.images, np.ndarray):
         return Inputs(torch.from_numpy(ds.images), trunk.feature_size, trunk.weights, False)
@@ -97,6 +107,11 @@ def build_model(protocol: Protocol, inputs: Inputs) -> EmbeddingModel:
     head = EmbeddingHead(inputs.feature_size, spec.embedding_size, spec.head_hidden)
     if inputs.frozen:
         return EmbeddingModel(head)
+    if inputs.stage is not None:  # cached activations: only the last stage (+ pooling) runs
+        stage = copy.deepcopy(inputs.stage).requires_grad_(True)
+        if spec.freeze_batchnorm:
+            stage = FrozenBatchNorm(stage, freeze_affine=spec.freeze_batchnorm_affine)
+        return EmbeddingModel(head, stage)
     trunk = build_trunk(spec.backbone, pretrained=spec.pretrained)
     set_trunk_mode(trunk, spec.trunk)
     network = trunk.network

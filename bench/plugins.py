@@ -155,3 +155,18 @@ def check_recorded(path: Any, current: dict[str, str], *, source: str) -> None:
         raise BenchError(f"plug-in versions changed since these results were started "
                          f"({'; '.join(parts)}); rerun with --fresh to discard them, or use "
                          f"another --results folder", source=source, field=str(path))
+
+
+def check_study(study: Any, current: dict[str, str], *, source: str) -> None:
+    """Record the plug-in versions on a study; refuse a process (e.g. a `bench worker` on
+    another machine) whose installed versions differ from the ones the study started with."""
+    import json
+
+    text = json.dumps(current, sort_keys=True)
+    recorded = study.user_attrs.get("plugins")
+    if recorded is None:
+        study.set_user_attr("plugins", text)
+    elif recorded != text:
+        raise BenchError(f"this process has plug-in versions {text}, but study "
+                         f"{study.study_name!r} was started with {recorded}; install the same "
+                         f"versions everywhere", source=source)

@@ -60,6 +60,9 @@ class SplitSpec(Section):
     sequence: dict[str, Any] = Field(default_factory=dict)
     #: keep this many splits, evenly spaced from easiest to hardest (the default always kept)
     select: int | None = Field(None, ge=2)
+    #: size-controlled evaluation along a sequence: this many seeded subsets of the test classes,
+    #: each as large as the smallest test set of the sequence (bench.evaluate.subsets)
+    subsets: int = Field(5, ge=1, le=100)
 
     @model_validator(mode="after")
     def _sequence_keys_only_for_sequences(self) -> SplitSpec:
@@ -80,6 +83,10 @@ class ModelSpec(Section):
     #: false = pytorch-metric-learning's ``freeze_trunk_batchnorm`` (Reality Check): statistics
     #: frozen, BatchNorm scale/shift still trained. Only meaningful with ``freeze_batchnorm``.
     freeze_batchnorm_affine: bool = True
+    #: with ``trunk: last_stage`` and no augmentation: compute the activations entering the last
+    #: stage once (cached on disk, keyed by a digest of the frozen weights, data and stage) and
+    #: train last stage + head on them (bench.activations)
+    cache_frozen: bool = False
 
 
 class OptimizerSpec(Section):
@@ -313,6 +320,19 @@ class Protocol(Section):
         elif primary not in allowed:
             raise ValueError(f"evaluation.primary {primary!r} is not reported in setting "
                              f"{self.setting.kind!r} (use one of {', '.join(allowed)})")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_frozen_fits(self) -> Protocol:
+        if not self.model.cache_frozen:
+            return self
+        if self.model.trunk != "last_stage":
+            raise ValueError("`model.cache_frozen` needs `model.trunk: last_stage`")
+        aug = self.train.augmentation
+        if (aug.random_resized_crop_scale is not None or aug.crop_size is not None
+                or aug.horizontal_flip > 0):
+            raise ValueError("`model.cache_frozen` caches un-augmented activations: "
+                             "`train.augmentation` must be empty")
         return self
 
     @model_validator(mode="after")

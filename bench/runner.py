@@ -64,7 +64,7 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
-from bench.results_source import read_protocol_copy, rows_of
+from bench.results_source import read_protocol_copy, rows_of, stored_pseudo_labels
 from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
@@ -536,6 +536,8 @@ class ProtocolRun:
         describe_study(study, phase=phase, protocol=self.p.name, dataset=ctx.name,
                        method=spec.name, implementation=spec.method, split=ctx.default.id,
                        metric=self.p.evaluation.primary, details=details)
+        plugins.check_study(study, plugins.signature({spec.name: self.plan.plugins.get(
+            spec.name, {})}), source=self.plan.source)
 
     def objective(self, ctx: DatasetContext, spec: MethodSpec):
         def objective(values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -590,8 +592,34 @@ class ProtocolRun:
         epochs = [{"fold": i, **e} for i, r in enumerate(results) for e in r.epochs]
         headline = "concatenated" if "concatenated" in metrics else "separate"
         score = float(metrics[headline].get(self.p.evaluation.primary, float("nan")))
-        return score, {"params": values, "rows": rows, "history": history,
-                       **({"pseudo_labels": epochs} if epochs else {})}
+        record = {"params": values, "rows": rows, "history": history,
+                  **({"pseudo_labels": epochs} if epochs else {})}
+        if split.fid is not None and not ctx.layout.reid:  # an FID sequence: issue 15's extras
+            record["size_control"] = self.sequence_extras(ctx, spec, values, split, folds,
+                                                          results, seed, rows)
+        return score, record
+
+    def sequence_extras(self, ctx: DatasetContext, spec: MethodSpec, values: dict[str, Any],
+                        split: NamedSplit, folds: list[ClassSplit], results, seed: int,
+                        rows: list[dict]) -> dict:
+        """Size-controlled metrics and the untrained embedding's metrics (bench.ood_eval),
+        appended to ``rows``; returns the subsets record for the run file."""
+        from bench.ood_eval import sequence_evaluation
+
+        params, _ = apply_search_values(spec.params, self.p.train, values)
+        parsed = validate_method(spec.method, params, source=self.plan.source, field=spec.name)
+        size = min(len(s.test) for s in ctx.splits)
+        extra, record = sequence_evaluation(
+            self.p, ctx.ds, ctx.inputs, ctx.layout, dataset=ctx.name, split_id=split.id,
+            test_classes=split.test, controlled_size=size, folds=folds, results=results,
+            method=spec.method, parsed_params=parsed, seed=seed, device=self.device)
+        template = {k: v for k, v in rows[0].items() if k not in ("model", "metric", "value")}
+        for row in rows:
+            row.update(test_classes=record["test_classes"], controlled_classes=record["size"])
+        rows += [{**template, "model": model, "metric": metric, "value": float(value),
+                  "test_classes": record["test_classes"], "controlled_classes": record["size"]}
+                 for model, found in extra.items() for metric, value in found.items()]
+        return record
 
     def save_artifacts(self, ctx: DatasetContext, spec: MethodSpec, split, seed: int,
                        results, sink: dict[str, list]) -> None:
@@ -690,6 +718,15 @@ class ProtocolRun:
                     f"validation `{primary}` recorded, not used to stop or select).")
         return f"early stopping on validation `{primary}`."
 
+    def ood_summary(self, frame: pd.DataFrame, dataset: str, order: list[str]) -> list[str]:
+        """Size-controlled curves, untrained embedding, gain and rho (bench.analysis.ood)."""
+        if frame.empty or "fid" not in frame.columns or frame["fid"].isna().all():
+            return []
+        from bench.analysis.ood import ood_summary_lines
+
+        return ood_summary_lines(frame.assign(unit=frame["seed"].astype(str)), dataset=dataset,
+                                 metric=self.p.evaluation.primary, method_order=order)
+
     def test_sentence(self) -> str:
         setting = self.p.setting
         if setting.kind == "dml":
@@ -749,6 +786,7 @@ class ProtocolRun:
                           "FID sequence (mean over reproductions; * = default split)", ""]
                 lines += sequence_table(sub, splits, model=headline,
                                         metric=p.evaluation.primary, method_order=order)
+                lines += self.ood_summary(sub, name, order)
             pairs = {m.name: m.ablation_of for m in p.methods if m.ablation_of}
             if pairs:
                 from bench.analysis.ablation import ablation_table
@@ -757,7 +795,7 @@ class ProtocolRun:
                           f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
                           "t-interval)", ""]
                 lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
-            audit = pseudo_label_audit(self.dir / "runs", name, order)
+            audit = pseudo_label_audit(self.stored, name, order)
             if audit:
                 lines += ["", f"## {name}: target pseudo-labels per epoch against the hidden "
                           "target training identities (audit only, mean over seeds; purity "
@@ -773,10 +811,13 @@ class ProtocolRun:
         return "\n".join(lines)
 
 
-def pseudo_label_audit(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+def pseudo_label_audit(stored: dict, dataset: str, methods: list[str]) -> list[str]:
+    """The pseudo-label audit from the storage's results (never from run files on disk)."""
     from bench.analysis.ablation import pseudo_label_table
 
-    return pseudo_label_table(runs, dataset, methods) if runs.is_dir() else []
+    return pseudo_label_table(None, dataset, methods,
+                              read=lambda _runs, pool, method: stored_pseudo_labels(
+                                  stored, pool, method))
 
 
 def run_protocol(path: str | Path, options: RunOptions | None = None

@@ -92,8 +92,13 @@ def test_fixture_claims_through_the_cli(tmp_path, capsys):
                  "--json", str(out), "--markdown", str(tmp_path / "v.md")])
     printed = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert printed[-1] == "5 claim(s): 3 hold, 1 do not hold, 1 inconclusive"
+    assert printed[-1] == "5 claim(s): 2 hold, 1 do not hold, 2 inconclusive"
+    assert "Holm across the claims of the file" in printed[0] and "n >= 3" in printed[0]
     verdicts = {v["id"]: v["verdict"] for v in json.loads(out.read_text())}
+    # p = 0.011 alone would hold; Holm across the file's 5 claims makes it 0.034 > 0.025
+    value = next(v for v in json.loads(out.read_text()) if v["id"] == "fixture-contrastive-value")
+    assert value["verdict"] == INCONCLUSIVE and value["p_value"] < 0.025 < value["p_holm"]
+    assert "not significant after Holm" in value["reason"]
     assert verdicts["fixture-triplet-beats-ms"] == FAILS
     assert verdicts["fixture-ranking-changes"] == HOLDS
     assert "| claim | verdict |" in (tmp_path / "v.md").read_text()
@@ -116,7 +121,7 @@ GOOD = {"id": "c1", "source": {"paper": "P", "table": "T"}, "protocol": "quick",
      "unknown key 'metirc' (did you mean 'metric'?)"),
     ({"dataset": None, "colour": "red"}, "claims[0].dataset", "missing required field"),
     ({"value": 26.5, "method": "triplet", "ordering": None}, "claims[0].value", "less than"),
-    ({"value": 0.3}, "claims[0]", "exactly one of value, ordering, rank_change"),
+    ({"value": 0.3}, "claims[0]", "exactly one of value, ordering, rank_change, trend"),
 ])
 def test_bad_claims_file_exit_2_one_line(tmp_path, capsys, change, field, words):
     claim = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
@@ -150,5 +155,52 @@ def test_shipped_claims_files_are_valid_and_match_their_protocols():
     newer = methods - {"contrastive", "triplet"}
     assert pairs == {(m, b) for m in newer for b in ("contrastive", "triplet")}
     oodml = audit.load_claims(ROOT / "protocols" / "claims" / "oodml.yaml")
-    assert all(c.protocol == "oodml_glyphs" and c.rank_change is not None
-               and c.rank_change.to_split == "hardest" for c in oodml.claims)
+    assert {c.protocol for c in oodml.claims} == {"oodml_glyphs_stage"}
+    older = audit.load_claims(ROOT / "protocols" / "claims" / "oodml_glyphs.yaml")
+    assert {c.protocol for c in older.claims} == {"oodml_glyphs"}
+    assert all(c.rank_change.to_split == "hardest" for c in older.claims)
+    stage, _ = load_protocol(ROOT / "protocols" / "oodml_glyphs_stage.yaml")
+    assert stage.reproductions >= audit.MIN_N
+    kinds = {c.kind for c in oodml.claims if c.protocol == "oodml_glyphs_stage"}
+    assert kinds == {"trend", "rank_change"}  # ooDML's two findings: decay, rank changes
+    for claim in oodml.claims:
+        assert claim.rank_change is None or claim.rank_change.to_split == "hardest"
+        if claim.protocol == "oodml_glyphs_stage":
+            assert claim.metric.endswith(".controlled")
+
+
+def test_two_reproductions_never_decide():
+    """Two differences that happen to agree gave "effect -291, p < 0.001, n = 2" before."""
+    two = results({"a": [0.400, 0.410], "b": [0.300, 0.3100001]})
+    claim = claims({"id": "two", "ordering": {"better": "a", "worse": "b"}},
+                   {"id": "two-value", "method": "a", "value": 0.40, "tolerance": 0.05})
+    verdicts = audit.audit(claim, two)
+    assert [v.verdict for v in verdicts] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert all(v.reason.startswith("inconclusive (n < 3)") and v.n == 2 for v in verdicts)
+    three = results({"a": [0.400, 0.410, 0.405], "b": [0.300, 0.311, 0.304]})
+    assert audit.audit(claim, three)[0].verdict == HOLDS
+
+
+def test_trend_claims_monotone_decay():
+    fids = {"s1": 10.0, "s2": 40.0, "s3": 90.0, "s4": 200.0}
+
+    def sequence(curves: dict[str, list[list[float]]]) -> pd.DataFrame:
+        parts = [results({m: [seeds[k] for seeds in by_seed] for m, by_seed in curves.items()},
+                         split=split, fid=fid, is_default_split=split == "s2")
+                 for k, (split, fid) in enumerate(fids.items())]
+        return pd.concat(parts, ignore_index=True)
+
+    decay = [[0.50, 0.45, 0.40, 0.35], [0.51, 0.46, 0.41, 0.34], [0.49, 0.44, 0.39, 0.36]]
+    flat = [[0.40, 0.42, 0.39, 0.41], [0.42, 0.39, 0.41, 0.40], [0.39, 0.41, 0.42, 0.40]]
+    rise = [[0.30, 0.35, 0.40, 0.45], [0.31, 0.34, 0.41, 0.46], [0.29, 0.36, 0.39, 0.44]]
+    every = claims({"id": "decay", "trend": {"spearman_below": 0.0}})
+    assert audit.audit(every, sequence({"a": decay, "b": decay}))[0].verdict == HOLDS
+    mixed = audit.audit(every, sequence({"a": decay, "b": rise}))[0]
+    assert mixed.verdict == FAILS and mixed.estimate == pytest.approx(1.0)  # largest rho
+    assert audit.audit(every, sequence({"a": decay, "b": flat}))[0].verdict == INCONCLUSIVE
+    one = claims({"id": "a-decays", "method": "a", "trend": {"spearman_below": 0.0}})
+    assert audit.audit(one, sequence({"a": decay, "b": rise}))[0].verdict == HOLDS
+    short = audit.audit(every, sequence({"a": decay[:2], "b": decay[:2]}))[0]
+    assert short.verdict == INCONCLUSIVE and "n < 3" in short.reason
+    with pytest.raises(ValueError, match="exactly one of spearman_below"):
+        claims({"id": "x", "trend": {}})

@@ -132,3 +132,16 @@ def test_reid_results_rank_by_map_first():
     assert comparison.primary == "mAP"
     ranks = comparison.summary[comparison.summary["metric"] == "mAP"].set_index("method")["rank"]
     assert ranks["b"] < ranks["a"]
+
+
+def test_letters_need_three_paired_reproductions():
+    """Two seeds whose differences agree give p < 0.001 on one degree of freedom: never a
+    letter of their own (the audit's n >= 3 rule); with three seeds the difference counts."""
+    two = {"strong": [0.400, 0.410], "base": [0.300, 0.3100001]}
+    pairs = pairwise(frame_of(two))
+    assert pairs["p_holm"].iloc[0] < 0.05 and not pairs["significant"].iloc[0]
+    comparison = compare(frame_of(two))
+    assert set(comparison.summary["letters"]) == {"a"}
+    assert "fewer than 3 paired" in comparison.legend()
+    three = {"strong": [0.400, 0.410, 0.405], "base": [0.300, 0.311, 0.304]}
+    assert pairwise(frame_of(three))["significant"].iloc[0]

@@ -54,6 +54,47 @@ def test_sequence_protocol_runs_every_method_on_every_split(write_protocol,
     assert (out / "ood_curve.svg").is_file()
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "along the FID sequence" in summary and f"{default[0]}*" in summary
+    check_size_control(out, rows)
+    assert "size-controlled" in summary and "rho [95 %]" in summary
+    assert "gain = trained - untrained" in summary and "uncontrolled" in summary
+
+
+def check_size_control(out: Path, rows: pd.DataFrame) -> None:
+    """Issue 15: every split also has size-controlled metrics equal to the mean over the
+    subsets recorded in its run file, and the untrained embedding's metrics."""
+    controlled = "mean_average_precision_at_r.controlled"
+    smallest = int(rows["test_classes"].min())
+    assert set(rows["controlled_classes"]) == {smallest}
+    for path in sorted((out / "runs").glob("glyphs/*/*/seed*.json")):
+        record = json.loads(path.read_text())
+        control = record["size_control"]
+        assert control["size"] == smallest and len(control["subsets"]) == 5
+        assert all(len(s["classes"]) == smallest for s in control["subsets"])
+        row = {(r["model"], r["metric"]): r["value"] for r in record["rows"]}
+        for model in ("separate", "untrained"):
+            mean = sum(s["models"][model]["mean_average_precision_at_r"]
+                       for s in control["subsets"]) / len(control["subsets"])
+            assert row[(model, controlled)] == pytest.approx(mean, abs=1e-12)
+        assert ("untrained", "mean_average_precision_at_r") in row
+
+
+def test_cached_last_stage_sequence_protocol(write_protocol, tmp_path: Path) -> None:
+    """model.cache_frozen: the last stage trains on cached activations; training moves the
+    metric away from the untrained embedding's."""
+    changes = {**SEQUENCE, "reproductions": 1, "budget": {"trials": 0},
+               "model": {"backbone": "mobilenet_v2", "trunk": "last_stage",
+                         "cache_frozen": True, "embedding_size": 32, "head_hidden": 0},
+               "train": {**SEQUENCE["train"], "iterations": 20},
+               "methods": [{"name": "multi_similarity",
+                            "params": {"loss": "MultiSimilarityLoss"}}]}
+    protocol = write_protocol(changes)
+    assert main(["run", str(protocol), "--results", str(tmp_path), "--no-progress"]) == 0
+    rows = pd.read_csv(tmp_path / "tiny" / "results.csv")
+    check_size_control(tmp_path / "tiny", rows)
+    metric = rows[rows["metric"] == "mean_average_precision_at_r"].set_index(["split", "model"])
+    trained, before = metric.xs("separate", level="model"), metric.xs("untrained", level="model")
+    assert (trained["value"] - before["value"]).abs().min() > 1e-4
+    assert (tmp_path / "tiny" / "ood_curve.png").stat().st_size > 10_000
 
 
 def test_split_file_with_unknown_classes_is_refused(write_protocol, tmp_path: Path,

@@ -148,6 +148,18 @@ def test_same_batches_and_augmentation_for_0_1_4_workers(tmp_path: Path) -> None
                    for a, b in zip(reference, other_seed, strict=True))
 
 
+def test_device_side_augmentation_gives_the_same_batches(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path augments after the copy, in the loop; run that path on the CPU."""
+    data = image_data(tmp_path / "tree")
+    reference = fit(data, 0).seen
+    monkeypatch.setattr("bench.train.augment_on_device", lambda device: True)
+    on_device = fit(data, 2).seen
+    for a, b in zip(reference, on_device, strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+
+
 def test_batch_generators_depend_on_seed_stream_and_step_only() -> None:
     def draw(*key):
         return torch.rand(4, generator=batch_generator(*key))

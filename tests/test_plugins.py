@@ -189,3 +189,19 @@ def test_example_plugin_runs_next_to_builtins(site, monkeypatch, tmp_path, capsy
     err = capsys.readouterr().err
     assert "plug-in versions changed" in err and "0.1.0 -> " in err and "0.2.0" in err
     assert (out_dir / "results.csv").read_bytes() == before
+
+
+def test_a_process_with_other_plugin_versions_is_refused_by_the_study(site, monkeypatch):
+    import optuna
+
+    from bench import plugins
+
+    install_example(site, monkeypatch)
+    study = optuna.create_study()
+    first = plugins.signature(plugins.protocol_plugins(plan_protocol(
+        EXAMPLE / "protocol.yaml").protocol))
+    plugins.check_study(study, first, source="p")
+    plugins.check_study(study, first, source="p")  # same versions: fine
+    changed = {**first, "bench.methods:center_contrastive": "bench-example-plugin 0.2.0"}
+    with pytest.raises(BenchError, match="plug-in versions"):
+        plugins.check_study(study, changed, source="p")

@@ -48,6 +48,7 @@ def test_bad_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
         embeddings.load(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     import torch
 
@@ -189,3 +190,51 @@ def test_report_shows_the_embedding_space_of_the_top_methods(finished_run: Path,
     (bare / "results.csv").write_bytes((finished_run / "results.csv").read_bytes())
     page = report(bare, out=tmp_path / "rep2", claims=[])[0].read_text(encoding="utf-8")
     assert "t-SNE" not in page
+
+
+@pytest.mark.slow
+def test_reid_embeddings_keep_gallery_ids_cameras_and_reevaluate(write_protocol, tmp_path: Path,
+                                                                 capsys) -> None:
+    path = write_protocol({
+        "setting": {"kind": "uda", "source": ["sans", "serif"], "target": ["mono", "stix"]},
+        "dataset": {"name": "glyphs", "options": {"image_size": 32, "max_classes": 48}},
+        "train": {"iterations": 6, "batch_size": 16, "m_per_class": 4, "validate_every": 3,
+                  "checkpoint": "last"},
+        "methods": [{"name": "contrastive", "params": {"loss": "ContrastiveLoss"}},
+                    {"name": "dimn", "method": "dimn"}],
+    })
+    results = tmp_path / "r"
+    assert main(["run", str(path), "--results", str(results), "--no-progress"]) == 0
+    run = results / "tiny"
+    saved = embeddings.load(run / "runs" / "glyphs" / "contrastive" / "standard"
+                            / "seed0.embeddings.npz")
+    assert saved.reid and saved.meta["setting"] == "uda" and not saved.meta["score_fn"]
+    assert len(saved.gallery_ids) == len(saved.gallery_cameras) == len(saved.gallery[0])
+    assert len(saved.query_cameras) == len(saved.query_labels)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--recall-k", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "dimn" in err and "own score function" in err  # said, not silently re-scored
+    rows = pd.read_csv(run / "evaluation.csv")
+    assert set(rows["method"]) == {"contrastive"}
+    assert {"cmc_1", "cmc_3", "cmc_5", "cmc_10", "mAP"} == set(rows["metric"])
+    shared = rows["original_value"].notna()
+    assert ((rows["value"] - rows["original_value"]).abs()[shared]
+            <= rows["tolerance"][shared]).all()
+
+
+def test_save_section_is_validated(write_protocol, capsys) -> None:
+    assert main(["validate", str(write_protocol({"save": {"embeddings": "float64"}}))]) == 2
+    err = capsys.readouterr().err
+    assert "save.embeddings" in err and len(err.strip().splitlines()) == 1
+    assert main(["validate", str(write_protocol({"save": {"checkpoint": "best"}}))]) == 2
+    assert "save.checkpoint" in capsys.readouterr().err
+    assert main(["validate", str(write_protocol({"save": {"embeddings": "float32",
+                                                          "checkpoints": "best"}}))]) == 0
+
+
+def test_float32_on_request(tmp_path: Path) -> None:
+    q = [np.linspace(0, 1, 30, dtype=np.float32).reshape(10, 3) + 1e-5]
+    path = embeddings.save(tmp_path / "s.embeddings.npz", query=q, query_labels=np.arange(10),
+                           meta={}, dtype="float32")
+    np.testing.assert_array_equal(embeddings.load(path).query[0], q[0])

@@ -18,10 +18,28 @@ seeds):
 - **inconclusive**: the interval straddles the region's edge (or there are too few seeds for an
   interval): more reproductions are needed to decide.
 
+- ``trend``: the metric decays (or rises) with FID along a sequence: Spearman rho of the
+  method's mean metric against FID below ``spearman_below`` (with no ``method``: every method's,
+  i.e. the largest rho of all methods).
+
 The p-value is that of the test for the claim (H0: the claim is false): one-sided paired t-tests
 for an ordering (the larger of the two for a two-sided range), two one-sided tests (TOST) for a
-value, and the bootstrap share of resamples with tau >= the bound for a rank change. "holds"
-coincides with p < 0.025. Claims are audited one by one: no correction across claims.
+value, and the bootstrap share of resamples with the statistic on the wrong side of the bound for
+a rank change or a trend.
+
+Two rules make a verdict one a statistician would sign:
+
+- **minimum reproductions**: a decided verdict (holds / does not hold) needs n >= 3 paired
+  reproductions (seeds). With n = 2 the t-interval rests on one degree of freedom: the sample
+  SD of two values falls below a tenth of the true SD 8 % of the time (chi-square, 1 df), so two
+  differences that happen to agree give a tiny interval and p < 0.001 (seen: "effect -291,
+  p < 0.001, n = 2"); with 2 degrees of freedom that chance drops to 1 %, and the bootstrap
+  intervals of rank changes and trends have at least 10 distinct resamples per method. Fewer:
+  "inconclusive (n < 3)".
+- **multiplicity**: the claims of one file are one family; their p-values are Holm-adjusted
+  (family-wise error 0.025 one-sided, i.e. 0.05 two-sided) and "holds" also needs the adjusted
+  p < 0.025, else the claim is inconclusive ("not significant after Holm"). "does not hold"
+  needs the interval wholly outside the region (no correction: it confirms nothing).
 """
 
 from __future__ import annotations
@@ -39,15 +57,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import stats
 
 from bench.analysis.load import default_split, headline_model
-from bench.analysis.ood import ranking_tau
-from bench.analysis.stats import paired_test, t_interval
+from bench.analysis.ood import ranking_tau, spearman_trend
+from bench.analysis.stats import holm, paired_test, t_interval
+from bench.analysis.subsets import UNTRAINED, base_metric, is_controlled
 from bench.errors import BenchError
 from bench.protocol import METRICS, first_error
 from bench.yaml_file import read_yaml
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 BOOTSTRAP = 2000
-MODEL_PATTERN = r"concatenated|separate|folds|fold\d+"
+MODEL_PATTERN = rf"concatenated|separate|folds|fold\d+|{UNTRAINED}"
+#: a decided verdict needs at least this many paired reproductions (see the module docstring)
+MIN_N = 3
+#: one-sided family-wise level of a claims file (Holm across its claims)
+ALPHA = 0.025
+TEST_NOTE = ("tests: one-sided paired t-test (ordering), TOST (value), seeded bootstrap over "
+             "reproduction seeds (rank_change: Kendall tau-b; trend: Spearman rho vs FID); "
+             f"multiplicity: Holm across the claims of the file, family-wise alpha {ALPHA} "
+             f"one-sided; a decided verdict needs n >= {MIN_N} paired reproductions")
 
 
 class Strict(BaseModel):
@@ -84,6 +111,21 @@ class RankChange(Strict):
     kendall_tau_below: float = Field(1.0, gt=-1.0, le=1.0)
 
 
+class Trend(Strict):
+    """Spearman rho of the metric (mean over seeds) against FID lies below ``spearman_below``
+    (``above``: rises). Without ``method`` the claim is about every method: its quantity is the
+    largest rho of all methods (the smallest with ``above``)."""
+
+    spearman_below: float | None = Field(None, gt=-1.0, le=1.0)
+    spearman_above: float | None = Field(None, ge=-1.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Trend:
+        if (self.spearman_below is None) == (self.spearman_above is None):
+            raise ValueError("give exactly one of spearman_below, spearman_above")
+        return self
+
+
 class Claim(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: Source
@@ -99,35 +141,43 @@ class Claim(Strict):
     tolerance: float | None = Field(None, ge=0.0)
     ordering: Ordering | None = None
     rank_change: RankChange | None = None
+    trend: Trend | None = None
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, metric: str) -> str:
-        if metric not in METRICS:
+        if base_metric(metric) not in METRICS or (metric != base_metric(metric)
+                                                  and not is_controlled(metric)):
             hint = difflib.get_close_matches(metric, METRICS, n=1)
             raise ValueError(f"unknown metric {metric!r}"
                              + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; known: {', '.join(METRICS)}")
+                             + f"; known: {', '.join(METRICS)}, each also as "
+                             f"<metric>.controlled (size-controlled)")
         return metric
 
     @model_validator(mode="after")
     def _kind(self) -> Claim:
-        kinds = [k for k in ("value", "ordering", "rank_change") if getattr(self, k) is not None]
+        kinds = [k for k in ("value", "ordering", "rank_change", "trend")
+                 if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of value, ordering, rank_change"
+            raise ValueError("give exactly one of value, ordering, rank_change, trend"
                              + (f" (got {', '.join(kinds)})" if kinds else ""))
         if self.value is not None and self.method is None:
             raise ValueError("a value claim needs the method it is about (method: NAME)")
-        if self.value is None and (self.method is not None or self.tolerance is not None):
-            raise ValueError("method and tolerance belong to value claims only")
+        if self.value is None and self.tolerance is not None:
+            raise ValueError("tolerance belongs to value claims only")
+        if self.method is not None and self.value is None and self.trend is None:
+            raise ValueError("method belongs to value and trend claims only")
         if self.rank_change is not None and self.split is not None:
             raise ValueError("a rank_change claim names its splits in rank_change, not split")
+        if self.trend is not None and self.split is not None:
+            raise ValueError("a trend claim is about the whole sequence: no split")
         return self
 
     @property
     def kind(self) -> str:
-        return "value" if self.value is not None else (
-            "ordering" if self.ordering is not None else "rank_change")
+        return next(k for k in ("value", "ordering", "rank_change", "trend")
+                    if getattr(self, k) is not None)
 
 
 class ClaimsFile(Strict):
@@ -167,12 +217,13 @@ class Verdict:
     region_low: float = -math.inf
     region_high: float = math.inf
     file: str = ""
+    p_holm: float = math.nan
 
     def line(self) -> str:
         interval = (f"{_num(self.estimate)} [{_num(self.low)}, {_num(self.high)}]")
         return (f"{self.id}: {self.verdict.upper()} — {self.quantity} = {interval}, claimed "
-                f"{self.claimed}; effect {_num(self.effect_size, 2)}, p {_p(self.p_value, True)}, "
-                f"n = {self.n}; {self.reason}")
+                f"{self.claimed}; effect {_num(self.effect_size, 2)}, p {_p(self.p_value, True)}"
+                f" (Holm {_p(self.p_holm, True)}), n = {self.n}; {self.reason}")
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -301,7 +352,7 @@ def _claim_rows(claim: Claim, index: int, frame: pd.DataFrame, source: str) -> p
     for field, method in named:
         if method not in methods:
             raise absent(field, method, methods)
-    if claim.rank_change is None:
+    if claim.rank_change is None and claim.trend is None:
         split = claim.split or _default(rows, source, f"{where}.split")
         if split not in set(rows["split"]):
             raise absent("split", split, rows["split"])
@@ -334,9 +385,19 @@ def _region(lower: float, upper: float) -> str:
     return f"in [{_num(lower)}, {_num(upper)}]"
 
 
+def _enough(verdict: str, n: int) -> str:
+    """The minimum-reproductions rule: below MIN_N no verdict is decided."""
+    return verdict if n >= MIN_N else INCONCLUSIVE
+
+
+def _too_few(n: int) -> str:
+    return (f"inconclusive (n < {MIN_N}): {n} paired reproduction(s); a decided verdict needs "
+            f"n >= {MIN_N}, run more reproductions")
+
+
 def _reason(verdict: str, quantity: str, region: str, n: int) -> str:
-    if n < 2:
-        return "fewer than 2 seeds: no interval, run more reproductions"
+    if n < MIN_N:
+        return _too_few(n)
     return {HOLDS: f"the 95 % interval of {quantity} lies inside the claimed region {region}",
             FAILS: f"the 95 % interval of {quantity} lies outside the claimed region {region}",
             INCONCLUSIVE: f"the 95 % interval of {quantity} straddles the edge of {region}: "
@@ -357,7 +418,7 @@ def audit_value(claim: Claim, rows: pd.DataFrame) -> dict:
     else:
         p = math.nan if n < 2 else float(not (lower <= mean <= upper))
     quantity = f"{claim.method} {claim.metric}"
-    verdict = _decide(mean - half, mean + half, lower, upper)
+    verdict = _enough(_decide(mean - half, mean + half, lower, upper), n)
     return {"quantity": quantity, "claimed": f"{_num(claim.value)} ± {_num(tol)}",
             "region_low": lower, "region_high": upper,
             "estimate": mean, "low": mean - half, "high": mean + half,
@@ -381,7 +442,7 @@ def audit_ordering(claim: Claim, rows: pd.DataFrame) -> dict:
     if not math.isinf(upper):
         pvalues.append(paired_test(both[order.better], both[order.worse], delta=upper,
                                    alternative="less")["p_t"])
-    verdict = _decide(result["low"], result["high"], lower, upper)
+    verdict = _enough(_decide(result["low"], result["high"], lower, upper), n)
     sd = float(np.std(both[order.better] - both[order.worse], ddof=1)) if n > 1 else math.nan
     return {"quantity": f"{order.better} - {order.worse} {claim.metric}",
             "claimed": _region(lower, upper), "estimate": result["diff"],
@@ -432,10 +493,10 @@ def audit_rank_change(claim: Claim, rows: pd.DataFrame, source: str, index: int,
     else:
         low = high = p = math.nan
     bound = change.kendall_tau_below
-    verdict = _decide(low, high, -math.inf, bound - 1e-12)
+    verdict = _enough(_decide(low, high, -math.inf, bound - 1e-12), n_seeds)
     region = f"< {_num(bound)}"
-    if n_seeds < 2:
-        reason = "fewer than 2 seeds per method: no interval, run more reproductions"
+    if n_seeds < MIN_N:
+        reason = _too_few(n_seeds) + " per method"
     else:
         reason = {HOLDS: f"even the bootstrap interval's upper end is {region}: the ranking "
                          f"changes between {a} and {b}",
@@ -446,7 +507,71 @@ def audit_rank_change(claim: Claim, rows: pd.DataFrame, source: str, index: int,
     return {"quantity": f"Kendall tau of {claim.metric} rankings, {a} vs {b}",
             "claimed": region, "estimate": tau, "low": low, "high": high,
             "region_low": -1.0, "region_high": bound,
-            "effect_size": tau, "p_value": p, "n": len(per_method), "verdict": verdict,
+            "effect_size": tau, "p_value": p, "n": n_seeds, "verdict": verdict,
+            "reason": reason}
+
+
+def audit_trend(claim: Claim, rows: pd.DataFrame, source: str, index: int,
+                seed: int = 0) -> dict:
+    """Spearman rho of the metric vs FID (mean over seeds) per method, bootstrap over seeds;
+    without ``method``, the extreme rho over methods (every method must satisfy the bound)."""
+    trend = claim.trend
+    field = f"claims[{index}].trend"
+    if "fid" not in rows.columns or rows["fid"].isna().all():
+        raise BenchError(f"the results for dataset {claim.dataset!r} are not an FID split "
+                         f"sequence (no fid column) (claim {claim.id!r})", source=source,
+                         field=field)
+    rows = rows[rows["fid"].notna()]
+    if claim.method:
+        rows = rows[rows["method"] == claim.method]
+    below = trend.spearman_below is not None
+    bound = trend.spearman_below if below else trend.spearman_above
+    rng = np.random.default_rng(seed)
+    per_method, estimates = [], []
+    for _, sub in rows.groupby("method", sort=True):
+        table = sub.pivot_table(index="unit", columns="fid", values="value").dropna()
+        per_method.append(table)
+        estimates.append(spearman_trend(sub, metric=claim.metric, model=sub["model"].iloc[0],
+                                        draws=1)["rho"].iloc[0])
+    n_seeds = min((len(t) for t in per_method), default=0)
+    splits = min((t.shape[1] for t in per_method), default=0)
+    pick = np.nanmax if below else np.nanmin
+    estimate = float(pick(estimates)) if estimates else math.nan
+    low = high = p = math.nan
+    if n_seeds >= 2 and splits >= 3:
+        draws = []
+        for table in per_method:  # resample whole seeds per method: a seed's curve stays whole
+            values = table.to_numpy()
+            curves = values[rng.integers(0, len(values), (BOOTSTRAP, len(values)))].mean(axis=1)
+            fid_ranks = stats.rankdata(table.columns.to_numpy(dtype=float))
+            ranks = stats.rankdata(curves, axis=1)
+            centred = ranks - ranks.mean(axis=1, keepdims=True)
+            f = fid_ranks - fid_ranks.mean()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                draws.append((centred @ f) / np.sqrt((centred ** 2).sum(axis=1) * (f ** 2).sum()))
+        rho = pick(np.stack(draws, axis=1), axis=1)
+        rho = rho[~np.isnan(rho)]
+        if len(rho):
+            low, high = (float(q) for q in np.quantile(rho, [0.025, 0.975]))
+            p = float(np.mean(rho >= bound) if below else np.mean(rho <= bound))
+    region = f"{'<' if below else '>'} {_num(bound)}"
+    verdict = _decide(low, high, -math.inf, bound - 1e-12) if below else _decide(
+        low, high, bound + 1e-12, math.inf)
+    verdict = _enough(verdict, n_seeds)
+    who = claim.method or ("every method (largest rho)" if below else
+                           "every method (smallest rho)")
+    if n_seeds < MIN_N:
+        reason = _too_few(n_seeds) + " per method"
+    elif splits < 3:
+        reason = "fewer than 3 splits: no rank correlation"
+    else:
+        reason = {HOLDS: f"the bootstrap interval lies wholly {region}",
+                  FAILS: f"the bootstrap interval lies wholly outside {region}",
+                  INCONCLUSIVE: f"the bootstrap interval straddles {_num(bound)}"}[verdict]
+    return {"quantity": f"Spearman rho of {claim.metric} vs FID, {who}", "claimed": region,
+            "estimate": estimate, "low": low, "high": high,
+            "region_low": -1.0 if below else bound, "region_high": bound if below else 1.0,
+            "effect_size": estimate, "p_value": p, "n": n_seeds, "verdict": verdict,
             "reason": reason}
 
 
@@ -472,11 +597,33 @@ def audit(claims: ClaimsFile, frame: pd.DataFrame, *, source: str = "claims") ->
             result = audit_value(claim, rows)
         elif claim.kind == "ordering":
             result = audit_ordering(claim, rows)
-        else:
+        elif claim.kind == "rank_change":
             result = audit_rank_change(claim, rows, source, i)
+        else:
+            result = audit_trend(claim, rows, source, i)
         verdicts.append(Verdict(id=claim.id, kind=claim.kind, paper=claim.source.paper,
                                 table=claim.source.table, file=source, **result))
+    return correct_for_multiplicity(verdicts)
+
+
+def correct_for_multiplicity(verdicts: list[Verdict]) -> list[Verdict]:
+    """Holm-adjust the p-values of one claims file; a claim whose interval lies inside its
+    region but whose adjusted p is not below ALPHA becomes inconclusive."""
+    adjusted = holm([v.p_value for v in verdicts])
+    for verdict, p_holm in zip(verdicts, adjusted, strict=True):
+        verdict.p_holm = float(p_holm)
+        if verdict.verdict == HOLDS and not p_holm < ALPHA:
+            verdict.verdict = INCONCLUSIVE
+            verdict.reason = (f"not significant after Holm across the file's {len(verdicts)} "
+                              f"claims (adjusted p {_p(p_holm, True)}, needs < {ALPHA}); "
+                              + verdict.reason)
     return verdicts
+
+
+def method_note(verdicts: list[Verdict]) -> str:
+    """One line per audit output: the tests, the correction and the minimum-n rule."""
+    files = sorted({v.file for v in verdicts})
+    return (f"{TEST_NOTE}. Claims files (one family each): {', '.join(files) or 'none'}.")
 
 
 def audit_files(paths, frame: pd.DataFrame, *, only_protocols: set[str] | None = None
@@ -500,12 +647,14 @@ def verdicts_frame(verdicts: list[Verdict]) -> pd.DataFrame:
 
 
 def verdicts_markdown(verdicts: list[Verdict]) -> str:
-    lines = ["| claim | verdict | measured (95 % interval) | claimed | effect | p | n | reason |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+    lines = [method_note(verdicts), "",
+             "| claim | verdict | measured (95 % interval) | claimed | effect | p | p (Holm) "
+             "| n | reason |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for v in verdicts:
         lines.append(f"| {v.id} | **{v.verdict}** | {v.quantity} = {_num(v.estimate)} "
                      f"[{_num(v.low)}, {_num(v.high)}] | {v.claimed} | {_num(v.effect_size, 2)} "
-                     f"| {_p(v.p_value)} | {v.n} | {v.reason} |")
+                     f"| {_p(v.p_value)} | {_p(v.p_holm)} | {v.n} | {v.reason} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 AUDIT_HELP = """\
 Check published claims against results measured under fair settings. Each claim gets a verdict:
 holds (the 95 % interval of the measured quantity lies inside the claimed region), does not hold
-(it lies outside), or inconclusive (it straddles the edge: more reproductions needed), with the
-interval, effect size, p-value and a one-line reason. Exit 0 (1 with --strict when a claim does
+(it lies outside), or inconclusive (it straddles the edge, or fewer than 3 paired
+reproductions: more needed), with the interval, effect size, p-value (also Holm-adjusted across
+the claims of each file; "holds" needs the adjusted p < 0.025) and a one-line reason. Exit 0 (1 with --strict when a claim does
 not hold); 2 for a bad claims file, naming the file and field.
 """
 REPORT_HELP = """\
@@ -31,6 +32,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     verdicts = []
     for source, claims in loaded:
         verdicts += audit.audit(claims, frame, source=source)
+    print(audit.method_note(verdicts))
     for verdict in verdicts:
         print(verdict.line())
     print(audit.summary_line(verdicts))

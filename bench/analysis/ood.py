@@ -12,6 +12,13 @@ Results of a sequence carry one split id per difficulty level (``fid00``, ``fid0
 - :func:`rank_changes`: Kendall tau between the default split's ranking of the methods (by mean)
   and each split's (scipy's tau-b; 1 = same order).
 
+Issue 15's views (rows written by bench.ood_eval): the size-controlled metric
+(``<metric>.controlled``: mean over seeded subsets of the test classes, all as large as the
+smallest test set of the sequence; :func:`resolve_metric` picks it by default), the untrained
+embedding (model ``untrained``), the gain over it (:func:`gain_rows`: trained minus untrained,
+paired per seed), :func:`spearman_trend` (rho of metric vs FID per method with a seed-bootstrap
+interval), :func:`easiest_vs_hardest` (Kendall tau) and :func:`ood_summary_lines`.
+
 Figures are :class:`matplotlib.figure.Figure` objects built without pyplot (no GUI backend), or
 drawn into a given ``ax``.
 """
@@ -26,6 +33,7 @@ from scipy import stats
 
 from bench.analysis.load import default_split
 from bench.analysis.stats import t_interval
+from bench.analysis.subsets import UNTRAINED, controlled_name, is_controlled, spread_name
 from bench.analysis.tables import select_model
 from bench.errors import BenchError
 
@@ -228,23 +236,227 @@ def plot_rank_changes(table: pd.DataFrame, *, dataset: str | None = None, ax=Non
     return figure
 
 
+# -- size control, untrained embedding, gain, trend ------------------------------------------
+
+GAIN = "gain"
+BOOTSTRAP = 2000
+
+
+def resolve_metric(frame: pd.DataFrame, metric: str = PRIMARY, *,
+                   controlled: bool = True) -> str:
+    """The size-controlled column of ``metric`` when the results have it and ``controlled``,
+    else ``metric`` itself (results recorded before size control existed)."""
+    if controlled and not is_controlled(metric) and controlled_name(metric) in set(
+            frame["metric"]):
+        return controlled_name(metric)
+    return metric
+
+
+def describe_metric(metric: str) -> str:
+    """Say which view a metric column is: size-controlled or all test classes."""
+    if is_controlled(metric):
+        return (f"{metric.removesuffix('.controlled')}, size-controlled (mean over class "
+                "subsets as large as the smallest test set)")
+    return f"{metric}, all test classes (uncontrolled)"
+
+
+def has_untrained(frame: pd.DataFrame) -> bool:
+    return UNTRAINED in set(frame["model"])
+
+
+def gain_rows(frame: pd.DataFrame, *, metric: str, model: str | None = None) -> pd.DataFrame:
+    """Rows of model ``gain``: the trained model's value minus the untrained embedding's, paired
+    on (dataset, split, method, seed); pairs missing either side are dropped."""
+    trained, model = select_model(frame[frame["metric"] == metric], model)
+    before = frame[(frame["model"] == UNTRAINED) & (frame["metric"] == metric)]
+    keys = ["dataset", "split", "method", "seed"]
+    merged = trained.merge(before[[*keys, "value"]].rename(columns={"value": "_untrained"}),
+                           on=keys, how="inner")
+    merged["value"] = merged["value"] - merged["_untrained"]
+    return merged.drop(columns=["_untrained", "unit"]).assign(model=GAIN)
+
+
+def easiest_vs_hardest(frame: pd.DataFrame, *, metric: str = PRIMARY,
+                       model: str | None = None) -> pd.DataFrame:
+    """Per dataset: Kendall tau between the methods' rankings (by mean) on the lowest- and the
+    highest-FID split (1 = same order), with the best method on each."""
+    table = curves(frame, metric=metric, model=model)
+    out = []
+    for dataset, sub in table.groupby("dataset", sort=False):
+        fids = sub.groupby("split")["fid"].first().sort_values()
+        means = sub.pivot_table(index="method", columns="split", values="mean")
+        easy, hard = fids.index[0], fids.index[-1]
+        out.append({"dataset": dataset, "easiest": easy, "hardest": hard,
+                    "kendall_tau": ranking_tau(means[easy], means[hard]),
+                    "best_easiest": str(means[easy].idxmax()),
+                    "best_hardest": str(means[hard].idxmax())})
+    return pd.DataFrame(out)
+
+
+def spearman_trend(frame: pd.DataFrame, *, metric: str = PRIMARY, model: str | None = None,
+                   confidence: float = 0.95, seed: int = 0,
+                   draws: int = BOOTSTRAP) -> pd.DataFrame:
+    """Per dataset and method: Spearman rho of the mean metric (over seeds) against FID, and a
+    percentile interval from a seeded bootstrap over reproduction seeds (whole seeds resampled,
+    the same draw on every split, so a seed's curve stays one curve). Negative = decays with
+    the shift. ``n``: seeds with a complete curve."""
+    rows = ood_rows(frame, metric=metric, model=model)
+    rng = np.random.default_rng(seed)
+    out = []
+    for (dataset, method), sub in rows.groupby(["dataset", "method"], sort=False):
+        table = sub.pivot_table(index="unit", columns="fid", values="value").dropna()
+        fids = table.columns.to_numpy(dtype=float)
+        n = len(table)
+        rho = low = high = math.nan
+        if n >= 1 and len(fids) >= 3 and np.ptp(table.mean().to_numpy()) > 0:
+            rho = float(stats.spearmanr(fids, table.mean().to_numpy()).statistic)
+        if n >= 2 and len(fids) >= 3:
+            values = table.to_numpy()
+            curves_ = values[rng.integers(0, n, (draws, n))].mean(axis=1)
+            ranks = stats.rankdata(curves_, axis=1)
+            fid_ranks = stats.rankdata(fids)
+            rhos = np.array([np.corrcoef(fid_ranks, r)[0, 1] if np.ptp(r) > 0 else math.nan
+                             for r in ranks])
+            rhos = rhos[~np.isnan(rhos)]
+            if len(rhos):
+                tail = (1 - confidence) / 2
+                low, high = (float(q) for q in np.quantile(rhos, [tail, 1 - tail]))
+        out.append({"dataset": dataset, "method": method, "n": n, "splits": len(fids),
+                    "rho": rho, "low": low, "high": high})
+    return pd.DataFrame(out)
+
+
+def _auc_text(auc: pd.Series, name: str) -> str:
+    return f" (AUC {auc[name]:.3f})" if name in auc.index and not math.isnan(auc[name]) else ""
+
+
+def plot_untrained(rows: pd.DataFrame, *, metric: str, ax) -> None:
+    """The untrained embedding's curve (pooled over methods: only the head's initialisation
+    differs between them), dashed black with its 95 % band."""
+    before = rows[(rows["model"] == UNTRAINED) & (rows["metric"] == metric)]
+    if before.empty:
+        return
+    grouped = before.groupby("fid")["value"]
+    fid = np.array(sorted(before["fid"].unique()), dtype=float)
+    stats_ = [t_interval(grouped.get_group(f).to_numpy()) for f in fid]
+    mean = np.array([m for m, _ in stats_])
+    half = np.array([h for _, h in stats_])
+    ax.plot(fid, mean, color="black", ls="--", marker="s", ms=3,
+            label="untrained embedding (before training)")
+    ok = ~np.isnan(half)
+    ax.fill_between(fid[ok], (mean - half)[ok], (mean + half)[ok], color="black", alpha=0.08,
+                    linewidth=0)
+
+
 def ood_figure(frame: pd.DataFrame, *, dataset: str, metric: str = PRIMARY,
-               model: str | None = None):
-    """Two panels for one dataset: metric vs FID per method (95 % bands, default split marked,
-    area under the curve in the legend) and each method's deviation from the across-method
-    mean with its linear fit. Written by `bench run` as ood_curve.png / .svg."""
+               model: str | None = None, controlled: bool = True):
+    """Two panels for one dataset. With untrained-embedding rows (issue 15): left, the metric
+    vs FID per method (size-controlled by default) with the untrained embedding dashed;
+    right, the gain over the untrained embedding (trained minus untrained, paired per seed).
+    AUC in the legends, Kendall tau easiest vs hardest in the titles. Older results without
+    them: metric vs FID and the deviation-from-mean panel. Written by `bench run` as
+    ood_curve.png / .svg."""
     rows = frame[frame["dataset"] == dataset]
-    table = curves(rows, metric=metric, model=model)
-    auc = area_under_curve(rows, metric=metric, model=model).set_index("method")["auc"]
-    points, fits = deviations(rows, metric=metric, model=model)
+    metric = resolve_metric(rows, metric, controlled=controlled)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(13, 4.6), layout="constrained")
+    figure = Figure(figsize=(13, 4.8), layout="constrained")
     left, right = figure.subplots(1, 2)
+    trained_rows = rows[rows["model"] != UNTRAINED]
+    table = curves(trained_rows, metric=metric, model=model)
+    auc = area_under_curve(trained_rows, metric=metric, model=model).set_index("method")["auc"]
     plot_curves(table, dataset=dataset, metric=metric, ax=left)
+    plot_untrained(rows, metric=metric, ax=left)
+    left.legend(fontsize=7)
     for text in left.get_legend().get_texts():
-        name = text.get_text()
-        if name in auc.index and not math.isnan(auc[name]):
-            text.set_text(f"{name} (AUC {auc[name]:.3f})")
-    plot_deviations(points, fits, dataset=dataset, ax=right)
+        text.set_text(text.get_text() + _auc_text(auc, text.get_text()))
+    if not has_untrained(rows):
+        points, fits = deviations(trained_rows, metric=metric, model=model)
+        plot_deviations(points, fits, dataset=dataset, ax=right)
+        left.set_title(f"{dataset}: {describe_metric(metric)}", fontsize=9)
+        return figure
+    tau = easiest_vs_hardest(trained_rows, metric=metric, model=model)["kendall_tau"].iloc[0]
+    left.set_title(f"{dataset}: {describe_metric(metric)}\nKendall tau easiest vs hardest "
+                   f"{tau:+.2f}", fontsize=9)
+    gain = gain_rows(rows, metric=metric, model=model)
+    gain_table = curves(gain, metric=metric, model=GAIN)
+    gain_auc = area_under_curve(gain, metric=metric, model=GAIN).set_index("method")["auc"]
+    plot_curves(gain_table, dataset=dataset, metric=metric, ax=right)
+    for text in right.get_legend().get_texts():
+        text.set_text(text.get_text() + _auc_text(gain_auc, text.get_text()))
+    right.axhline(0, color="0.3", lw=0.8)
+    gain_tau = easiest_vs_hardest(gain, metric=metric, model=GAIN)["kendall_tau"].iloc[0]
+    right.set_ylabel(f"gain over untrained: {metric}")
+    right.set_title(f"{dataset}: gain = trained - untrained (paired per seed)\nKendall tau "
+                    f"easiest vs hardest {gain_tau:+.2f}", fontsize=9)
     return figure
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def ood_summary_lines(frame: pd.DataFrame, *, dataset: str, metric: str = PRIMARY,
+                      method_order: list[str] | None = None) -> list[str]:
+    """Markdown for a summary: the size-controlled and uncontrolled metric per split, the
+    untrained embedding and the gain, AUC and Kendall tau (easiest vs hardest) of both views,
+    and Spearman rho of the size-controlled metric vs FID per method."""
+    rows = frame[(frame["dataset"] == dataset) & frame["fid"].notna()]
+    if rows.empty or metric not in set(rows["metric"]):
+        return []
+    chosen = resolve_metric(rows, metric)
+    trained = rows[rows["model"] != UNTRAINED]
+    views = [("trained", trained, chosen, None)]
+    if has_untrained(rows):
+        views += [("untrained embedding", rows, chosen, UNTRAINED),
+                  ("gain = trained - untrained", gain_rows(rows, metric=chosen), chosen, GAIN)]
+    splits = (rows.groupby("split")["fid"].first().sort_values())
+    order = method_order or list(dict.fromkeys(rows["method"]))
+    lines = []
+    sizes = ""
+    if "test_classes" in rows.columns and rows["test_classes"].notna().any():
+        per = rows.groupby("split")["test_classes"].first()
+        size = int(rows["controlled_classes"].dropna().iloc[0])
+        sizes = (" Test classes per split: " + ", ".join(
+            f"{s} {int(per[s])}" for s in splits.index) + f"; size-controlled on {size}.")
+    header = ["method", *(f"{s} (FID {f:.1f})" for s, f in splits.items()), "AUC", "rho [95 %]"]
+    for title, view, name, model in views:
+        table = curves(view, metric=name, model=model)
+        means = table.pivot_table(index="method", columns="split", values="mean")
+        auc = area_under_curve(view, metric=name, model=model).set_index("method")["auc"]
+        trend = spearman_trend(view, metric=name, model=model).set_index("method")
+        tau = easiest_vs_hardest(view, metric=name, model=model)["kendall_tau"].iloc[0]
+        lines += ["", f"### {dataset}: {title}: {describe_metric(name)} along the FID "
+                  f"sequence (mean over seeds; Kendall tau easiest vs hardest "
+                  f"{_fmt(tau, 2)})" + (sizes if model is None else ""), "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in order:
+            if method not in means.index:
+                continue
+            t = trend.loc[method] if method in trend.index else None
+            rho = ("n/a" if t is None else
+                   f"{_fmt(t['rho'], 2)} [{_fmt(t['low'], 2)}, {_fmt(t['high'], 2)}]")
+            cells = [f"{means.loc[method, s]:.4f}" if s in means.columns
+                     and not math.isnan(means.loc[method, s]) else "-" for s in splits.index]
+            lines.append("| " + " | ".join([method, *cells, _fmt(auc.get(method, math.nan)),
+                                            rho]) + " |")
+    if chosen != metric:
+        spread = rows[(rows["metric"] == spread_name(metric)) & (rows["model"] != UNTRAINED)]
+        uncontrolled = curves(trained, metric=metric).pivot_table(
+            index="method", columns="split", values="mean")
+        lines += ["", f"### {dataset}: {describe_metric(metric)} (for comparison), and the "
+                  "spread over class subsets", "",
+                  "| " + " | ".join(header[:-2]) + " |", "|" + "---|" * (len(header) - 2)]
+        sd = spread.groupby(["method", "split"])["value"].mean()
+        for method in order:
+            if method not in uncontrolled.index:
+                continue
+            cells = [f"{uncontrolled.loc[method, s]:.4f} (subset sd "
+                     f"{sd.get((method, s), math.nan):.4f})" if s in uncontrolled.columns
+                     else "-" for s in splits.index]
+            lines.append("| " + " | ".join([method, *cells]) + " |")
+    lines += ["", "rho: Spearman rank correlation of the mean metric with FID over the "
+              "splits (negative = decays as the shift grows), 95 % percentile interval from "
+              f"{BOOTSTRAP} seeded bootstrap resamples of whole reproduction seeds. AUC: area "
+              "under the metric-vs-FID curve divided by the FID range."]
+    return lines

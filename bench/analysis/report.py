@@ -188,19 +188,45 @@ def _embedding_section(page: Page, rows: pd.DataFrame, protocol: str, dataset: s
 def _ood_section(page: Page, rows: pd.DataFrame, protocol: str, dataset: str,
                  metric: str) -> None:
     page.heading(3, f"{protocol}: {dataset} across the FID split sequence")
-    curve = ood.curves(rows, metric=metric)
-    page.figure(ood.plot_curves(curve, dataset=dataset, metric=metric),
+    chosen = ood.resolve_metric(rows, metric)  # size-controlled when recorded
+    trained = rows[rows["model"] != ood.UNTRAINED]
+    view = ood.describe_metric(chosen)
+    if chosen != metric or ood.has_untrained(rows):
+        page.paragraph(f"Curves show {view}. Size control: every split is also scored on "
+                       f"seeded subsets of its test classes, each as large as the smallest test "
+                       f"set of the sequence, so MAP@R at one FID is comparable with another "
+                       f"(removal splits shrink the test set, and fewer classes raise MAP@R). "
+                       f"The untrained embedding is the same network before training; the gain "
+                       f"is trained minus untrained, paired per seed.")
+    page.figure(ood.ood_figure(rows, dataset=dataset, metric=metric),
                 f"{protocol}_{dataset}_fid_curves",
-                f"{dataset}: {metric} vs FID per method (mean over seeds, 95 % band)")
-    points, fits = ood.deviations(rows, metric=metric)
+                f"{dataset}: {view} vs FID per method (mean over seeds, 95 % band)"
+                + ("; right: gain over the untrained embedding" if ood.has_untrained(rows)
+                   else "; right: deviation from the across-method mean"))
+    points, fits = ood.deviations(trained, metric=chosen)
     page.figure(ood.plot_deviations(points, fits, dataset=dataset),
                 f"{protocol}_{dataset}_fid_deviation",
-                f"{dataset}: deviation from the across-method mean vs FID, with linear fits")
-    auc = ood.area_under_curve(rows, metric=metric)
-    page.table(auc[["rank", "method", "n", "auc", "half_width", "fid_min", "fid_max"]],
-               caption=f"Area under the {metric}-vs-FID curve divided by the FID range "
-                       f"(= mean {metric} over the range), mean ± half-width over seeds.")
-    changes = ood.rank_changes(rows, metric=metric)
+                f"{dataset}: deviation from the across-method mean vs FID ({view}), with "
+                f"linear fits")
+    views = [("trained", trained, None)]
+    if ood.has_untrained(rows):
+        views += [("untrained embedding", rows, ood.UNTRAINED),
+                  ("gain over untrained", ood.gain_rows(rows, metric=chosen), ood.GAIN)]
+    for title, frame, model in views:
+        auc = ood.area_under_curve(frame, metric=chosen, model=model)
+        trend = ood.spearman_trend(frame, metric=chosen, model=model)
+        table = auc.merge(trend[["dataset", "method", "rho", "low", "high"]]
+                          .rename(columns={"low": "rho_low", "high": "rho_high"}),
+                          on=["dataset", "method"], how="left")
+        tau = ood.easiest_vs_hardest(frame, metric=chosen, model=model)["kendall_tau"].iloc[0]
+        page.table(table[["rank", "method", "n", "auc", "half_width", "rho", "rho_low",
+                          "rho_high"]],
+                   caption=f"{title}, {view}: area under the curve divided by the FID range "
+                           f"(mean ± half-width over seeds); Spearman rho of the mean vs FID "
+                           f"with a 95 % seed-bootstrap interval (negative = decays). Kendall "
+                           f"tau of the rankings, easiest vs hardest split: "
+                           f"{'n/a' if math.isnan(tau) else f'{tau:+.2f}'}.")
+    changes = ood.rank_changes(trained, metric=chosen)
     page.table(changes[["split", "fid", "is_default", "is_hardest", "kendall_tau", "p", "best"]],
                caption="Kendall tau between the default split's ranking of the methods and each "
                        "split's (1 = same order); p: scipy's test of no association.")
@@ -231,6 +257,7 @@ def _audit_section(page: Page, frame: pd.DataFrame, claims) -> None:
     page.paragraph("Each claim is checked against the 95 % interval of the quantity it is about: "
                    "holds = interval inside the claimed region, does not hold = interval "
                    "outside it, inconclusive = interval across its edge (more seeds needed). "
+                   + audit_mod.method_note(verdicts) + " "
                    + audit_mod.summary_line(verdicts) + ".")
     if verdicts:
         shown = audit_mod.verdicts_frame(verdicts)
@@ -238,8 +265,9 @@ def _audit_section(page: Page, frame: pd.DataFrame, claims) -> None:
                              for lo, hi in zip(shown["low"], shown["high"], strict=True)]
         shown["p"] = shown["p_value"].map(audit_mod._p)
         shown["source"] = shown["paper"] + "; " + shown["table"]
+        shown["p (Holm)"] = shown["p_holm"].map(audit_mod._p)
         shown = shown[["id", "verdict", "quantity", "estimate", "interval", "claimed",
-                       "effect_size", "p", "n", "reason", "source"]]
+                       "effect_size", "p", "p (Holm)", "n", "reason", "source"]]
         page.table(shown, classes={"verdict": VERDICT_CLASS})
         page.figure(audit_mod.plot_verdicts(verdicts), "claims",
                     "Each claim's measured 95 % interval (coloured by verdict) against the "

@@ -8,7 +8,8 @@ the same data under the same rules. Within a group and metric:
 - every pair of methods is compared on the seeds both have (paired t-test and Wilcoxon
   signed-rank test on the per-seed differences); the p-values of one group and metric form one
   family and are Holm-corrected; the chosen test's corrected decisions become a compact letter
-  display: methods that share a letter are not significantly different.
+  display: methods that share a letter are not significantly different. As in ``bench audit``,
+  a pair with fewer than ``MIN_PAIRED`` (3) paired units is never marked different.
 
 ``model="folds"`` pools the individual fold models: the units are then (seed, fold) pairs.
 """
@@ -28,6 +29,8 @@ from bench.analysis.stats import compact_letters, holm, paired_test, t_interval
 from bench.errors import BenchError
 from bench.protocol import METRICS
 
+#: pairs of methods need this many paired units to be marked different (as bench audit's MIN_N)
+MIN_PAIRED = 3
 GROUPS = ["setting", "dataset", "split"]
 DEFAULT_METRICS = ["mean_average_precision_at_r", "precision_at_1", "r_precision", "nmi"]
 #: uda / dg results (re-ID rules): mAP first, so it is the metric methods are ranked by
@@ -130,8 +133,10 @@ def pairwise(frame: pd.DataFrame, *, model: str | None = None, metrics: list[str
                            "a": a, "b": b, **result, "n": int(result["n"])})
         adjusted = holm([r[TESTS[test]] for r in family])
         for record, p_holm in zip(family, adjusted, strict=True):
+            # the audit's minimum-reproductions rule: fewer than MIN_PAIRED pairs never separate
             record.update(p=record[TESTS[test]], p_holm=p_holm,
-                          significant=bool(not math.isnan(p_holm) and p_holm <= alpha))
+                          significant=bool(not math.isnan(p_holm) and p_holm <= alpha
+                                           and record["n"] >= MIN_PAIRED))
         out += family
     columns = [*groups, "metric", "model", "a", "b", "n", "diff", "low", "high", "dz", "p_t",
                "p_wilcoxon", "p", "p_holm", "significant"]
@@ -179,6 +184,8 @@ class Comparison:
                 f"{SHORT.get(self.primary, self.primary)}. Methods sharing a letter are not "
                 f"significantly different ({TEST_NAMES[self.test]} across {unit}, Holm-"
                 f"corrected per group and metric, α = {self.alpha:g})."
+                + f" A pair with fewer than {MIN_PAIRED} paired {unit} never counts as "
+                f"different (one degree of freedom makes tiny chance intervals common)."
                 + (" With fewer than 2 seeds no test is possible: every method shares letter a."
                    if n[-1] < 2 else ""))
 

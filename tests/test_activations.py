@@ -1,0 +1,69 @@
+"""Cached activations entering the trained last stage (model.cache_frozen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.activations import activation_key, cached_activations, split_trunk
+from bench.data.records import ImageDataset
+from bench.errors import BenchError
+from bench.features import extract
+from bench.protocol import Protocol
+
+
+def tiny_dataset(n: int = 6, size: int = 32, seed: int = 0) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    zeros = np.zeros(n, dtype=np.int64)
+    return ImageDataset(name="tiny", images=images, labels=np.arange(n, dtype=np.int64) % 3,
+                        domains=zeros, cameras=zeros, class_names=["a", "b", "c"],
+                        domain_names=["d"], camera_names=["c"])
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_prefix_then_stage_is_the_whole_trunk(backbone):
+    torch.manual_seed(0)
+    split = split_trunk(backbone, pretrained=False)
+    ds = tiny_dataset()
+    device = torch.device("cpu")
+    whole = extract(split.trunk.network, ds.images, device=device, progress=False)
+    acts = extract(split.prefix, ds.images, device=device, progress=False)
+    with torch.no_grad():
+        staged = split.suffix.eval()(torch.from_numpy(acts)).numpy()
+    assert staged.shape == whole.shape == (len(ds), split.trunk.feature_size)
+    assert np.allclose(staged, whole, atol=1e-4)
+
+
+def test_cache_is_keyed_by_weights_data_and_crop(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    ds = tiny_dataset()
+    device = torch.device("cpu")
+    first, split, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=None,
+                                           device=device, progress=False)
+    assert not hit and len(list((tmp_path / "activations").glob("*.npz"))) == 1
+    again, _, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=None,
+                                       device=device, progress=False)
+    assert hit and np.array_equal(first, again)
+    key = activation_key(split, ds, "mobilenet_v2", None)
+    assert key != activation_key(split, tiny_dataset(seed=1), "mobilenet_v2", None)  # data
+    assert key != activation_key(split, ds, "mobilenet_v2", 24)  # crop
+    with torch.no_grad():  # a changed frozen weight must never reuse stale activations
+        next(split.prefix.parameters()).add_(1e-3)
+    assert key != activation_key(split, ds, "mobilenet_v2", None)
+    _, _, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=24,
+                                   device=device, progress=False)
+    assert not hit
+
+
+def test_cache_frozen_needs_last_stage_and_no_augmentation():
+    base = {"name": "p", "dataset": {"name": "glyphs"}, "methods": [{"name": "m"}],
+            "model": {"trunk": "last_stage", "cache_frozen": True}}
+    Protocol.model_validate(base)
+    with pytest.raises(ValueError, match="needs `model.trunk: last_stage`"):
+        Protocol.model_validate({**base, "model": {"trunk": "all", "cache_frozen": True}})
+    with pytest.raises(ValueError, match="augmentation` must be empty"):
+        Protocol.model_validate({**base, "train": {"augmentation": {"horizontal_flip": 0.5}}})
+    with pytest.raises(BenchError, match="cache_frozen supports"):
+        split_trunk("bn_inception", pretrained=False)
