@@ -32,3 +32,16 @@ def read_protocol_copy(path: Path) -> str:
         raise StateError(f"cannot read the protocol copy of earlier results ({reason}): move it "
                          "away, or re-run with --fresh to discard those results",
                          source=str(path)) from None
+
+
+def stored_pseudo_labels(stored: dict[tuple[str, str], dict[str, dict[str, Any]]], pool: str,
+                         method: str):
+    """The ``pseudo_labels`` entries of ``method``'s stored results (one row per seed and
+    epoch), as ``bench.analysis.ablation.read_pseudo_labels`` reads them from run files."""
+    import pandas as pd
+
+    rows = []
+    for job, result in sorted(stored.get((pool, method), {}).items()):
+        seed = int(job.split("/")[-1].removeprefix("seed"))
+        rows += [{"seed": seed, **entry} for entry in result.get("pseudo_labels", [])]
+    return pd.DataFrame(rows)

@@ -64,7 +64,7 @@ from bench.results import (
     write_table,
     write_text_atomically,
 )
-from bench.results_source import read_protocol_copy, rows_of
+from bench.results_source import read_protocol_copy, rows_of, stored_pseudo_labels
 from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.search import MethodFailed, TrialFailed, open_storage, search_step
 from bench.settings import Layout, resolve_layout, static_kinds
@@ -795,7 +795,7 @@ class ProtocolRun:
                           f"({headline}; method minus ablation, paired by seed, mean ± 95 % "
                           "t-interval)", ""]
                 lines += ablation_table(at_default, pairs, model=headline, metrics=metrics)
-            audit = pseudo_label_audit(self.dir / "runs", name, order)
+            audit = pseudo_label_audit(self.stored, name, order)
             if audit:
                 lines += ["", f"## {name}: target pseudo-labels per epoch against the hidden "
                           "target training identities (audit only, mean over seeds; purity "
@@ -811,10 +811,13 @@ class ProtocolRun:
         return "\n".join(lines)
 
 
-def pseudo_label_audit(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+def pseudo_label_audit(stored: dict, dataset: str, methods: list[str]) -> list[str]:
+    """The pseudo-label audit from the storage's results (never from run files on disk)."""
     from bench.analysis.ablation import pseudo_label_table
 
-    return pseudo_label_table(runs, dataset, methods) if runs.is_dir() else []
+    return pseudo_label_table(None, dataset, methods,
+                              read=lambda _runs, pool, method: stored_pseudo_labels(
+                                  stored, pool, method))
 
 
 def run_protocol(path: str | Path, options: RunOptions | None = None

@@ -1178,3 +1178,19 @@ def test_fresh_with_a_shared_storage_deletes_this_protocols_studies_only(tmp_pat
                                                               ).get_trials(deepcopy=False)]
         fresh = [start > between for start in starts]
         assert all(fresh) if name.startswith("tiny:") else not any(fresh), name
+
+
+def test_pseudo_label_audit_comes_from_the_storage_not_run_files(tmp_path: Path) -> None:
+    from bench.runner import pseudo_label_audit
+
+    entry = {"epoch": 0, "clusters": 4, "outliers": 1, "purity": 0.5, "nmi": 0.25, "ari": 0.1,
+             "identities": 6}
+    stored = {("pool", "spcl"): {"standard/seed0": {"pseudo_labels": [entry]},
+                                 "standard/seed1": {"pseudo_labels": [{**entry, "purity": 0.7}]}}}
+    runs = tmp_path / "runs" / "pool" / "spcl" / "standard"
+    runs.mkdir(parents=True)  # a stray run file on disk: never read
+    (runs / "seed9.json").write_text(json.dumps({"pseudo_labels": [{**entry, "purity": 0.0}]}),
+                                     encoding="utf-8")
+    lines = pseudo_label_audit(stored, "pool", ["spcl"])
+    assert len(lines) == 3 and "| spcl | 0 | 2 | 6 |" in lines[2] and "0.600" in lines[2]
+    assert pseudo_label_audit({}, "pool", ["spcl"]) == []

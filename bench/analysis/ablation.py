@@ -62,12 +62,14 @@ def read_pseudo_labels(runs: Path, dataset: str, method: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pseudo_label_table(runs: Path, dataset: str, methods: list[str]) -> list[str]:
+def pseudo_label_table(runs: Path, dataset: str, methods: list[str],
+                       read=read_pseudo_labels) -> list[str]:
     """Markdown rows: per method and epoch, clusters / outliers / purity / NMI / ARI of its
-    target pseudo-labels against the hidden target identities, mean over seeds."""
+    target pseudo-labels against the hidden target identities, mean over seeds. ``read``:
+    where the entries come from (the runner passes the storage's results)."""
     lines = []
     for method in methods:
-        table = read_pseudo_labels(runs, dataset, method)
+        table = read(runs, dataset, method)
         if table.empty:
             continue
         if not lines:
