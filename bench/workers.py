@@ -3,7 +3,8 @@
 Nothing here schedules work: every process (a `bench run`, or workers on any machine) runs the
 same loop against the same optuna storage, which hands out search trials and test jobs, fails
 the trials of dead processes by heartbeat, and holds every result. So a worker is a `bench run`
-that writes nothing under results/, `status` only reads the storage, and `rebuild` writes the
+that writes no table, summary or run file under results/ (only its jobs' saved test
+embeddings), `status` only reads the storage, and `rebuild` writes the
 results directory from the storage alone.
 """
 
@@ -249,8 +250,9 @@ def add_worker_parsers(sub) -> None:
         "worker", help="join a protocol's work through its storage (any number, any machine)",
         description="Do the protocol's search trials and test jobs that are left in the "
         "storage, alongside any other workers and `bench run` processes, then exit. Trials of a "
-        "worker that dies are failed by heartbeat and re-run by another. Writes nothing under "
-        "results/ (a `bench run` or `bench rebuild` writes the tables).")
+        "worker that dies are failed by heartbeat and re-run by another. Writes no table or "
+        "run file under results/, only its jobs' saved test embeddings (a `bench run` or "
+        "`bench rebuild` writes the tables).")
     common(worker)
     worker.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads for this worker (default: torch's choice)")
