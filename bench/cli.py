@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "its slot re-run (default: 30)")
     run.add_argument("-j", "--jobs", metavar="N|auto", default=None,
                      help="processes sharing the work on this machine: this one plus N-1 local "
-                     "`bench worker` helpers, the cores split between them; same results as one "
-                     "process. auto (default, or $BENCH_JOBS): one per core (at most 4) for "
+                     "`bench worker` helpers, the cores split between them; the same trials and jobs "
+                     "as one process, values equal up to float summation order (~5e-4 on quick). "
+                     "Default 1 (or $BENCH_JOBS). auto: one per core (at most 4) for "
                      "protocols of 16+ training runs whose search is in its seeded random phase "
                      "(TPE with trials <= 5, or random), else 1")
     run.set_defaults(func=cmd_run)

@@ -31,9 +31,10 @@ def test_auto_jobs_rules(monkeypatch: pytest.MonkeyPatch) -> None:
                                "methods": SEARCHED})
     assert training_runs(protocol) == 2 * (3 + 2) * 2
     monkeypatch.delenv("BENCH_JOBS", raising=False)
-    assert resolve_jobs(None, protocol) == 2 and resolve_jobs("3", protocol) == 3
-    monkeypatch.setenv("BENCH_JOBS", "1")
-    assert resolve_jobs(None, protocol) == 1
+    assert resolve_jobs(None, protocol) == 1  # one process unless asked: exact reference values
+    assert resolve_jobs("auto", protocol) == 2 and resolve_jobs("3", protocol) == 3
+    monkeypatch.setenv("BENCH_JOBS", "auto")
+    assert resolve_jobs(None, protocol) == 2
     with pytest.raises(BenchError, match="positive integer"):
         resolve_jobs("0", protocol)
 
