@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -52,6 +53,7 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
 
     shown, url = url, storage_driver_url(url)
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    _make_sqlite_folder(url)
     for attempt in range(20):
         try:
             with warnings.catch_warnings():  # heartbeats: "experimental", stable since 2.9
@@ -67,6 +69,24 @@ def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.st
         except DatabaseError as error:  # not a database, or a damaged one: exit 3, one line
             raise storage_state_error(error, shown) from None
     raise AssertionError("unreachable")
+
+
+def _make_sqlite_folder(url: str) -> None:
+    """SQLite creates a missing database file but not its folder: create that too, so a
+    `bench worker --storage sqlite:///RESULTS/<name>/study.db` started at the same moment as the
+    `bench run` that will create RESULTS/<name>/ joins it instead of failing on a race."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - a bad URL is reported by RDBStorage below
+        return
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    try:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable place: RDBStorage's own one-line error (exit 3) says so
 
 
 def storage_driver_url(url: str) -> str:

@@ -105,3 +105,14 @@ def test_sigkill_mid_trial_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     assert states(resumed)["FAIL"] == 1  # the killed trial, failed by its stale heartbeat
     assert completed_params(resumed) == completed_params(reference)
     assert best_trial(resumed).params == best_trial(reference).params
+
+
+def test_sqlite_storage_folder_is_created_so_a_worker_can_start_before_the_run(
+        tmp_path: Path) -> None:
+    """A `bench worker --storage sqlite:///RESULTS/<name>/study.db` may start before the
+    `bench run` that creates RESULTS/<name>/: the storage makes the folder instead of failing."""
+    from bench.search import open_storage
+
+    db = tmp_path / "results" / "tiny" / "study.db"
+    storage = open_storage(f"sqlite:///{db}")
+    assert db.is_file() and storage.get_all_studies() == []
