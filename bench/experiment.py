@@ -190,18 +190,27 @@ def reid_ids(ds: ImageDataset, rows: np.ndarray) -> np.ndarray:
     return np.where(np.isin(labels, junk_classes(ds)), -1, labels)
 
 
+def build_fold_model(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
+                     split: ClassSplit, *, method: str, parsed_params: Any, seed: int):
+    """The method plug-in, its seeded untrained model and the fold's rows: one place, so the
+    untrained-embedding baseline (bench.ood_eval) starts from exactly the trained model's
+    initial weights."""
+    seed_everything(seed)  # fixes model initialisation; the loop seeds its own generators
+    cls = method_class(method)
+    rows = fold_rows(layout, ds, inputs.tensor, split, cls.consumed(layout.kinds))
+    plugin = cls(parsed_params, num_classes=rows.data.num_classes,
+                 embedding_size=protocol.model.embedding_size)
+    model = plugin.wrap_model(build_model(protocol, inputs), backbone=protocol.model.backbone)
+    return plugin, model, rows
+
+
 def fit_fold(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
              split: ClassSplit, *, method: str, parsed_params: Any, train_spec: TrainSpec,
              seed: int, device: torch.device, progress: bool, description: str) -> FoldResult:
     """Train on ``split.train`` (plus whatever else the setting gives this method) with early
     stopping on ``split.validation``; the best state is loaded."""
-    seed_everything(seed)  # fixes model initialisation; the loop seeds its own generators
-    cls = method_class(method)
-    consumed = cls.consumed(layout.kinds)
-    rows = fold_rows(layout, ds, inputs.tensor, split, consumed)
-    plugin = cls(parsed_params, num_classes=rows.data.num_classes,
-                 embedding_size=protocol.model.embedding_size)
-    model = plugin.wrap_model(build_model(protocol, inputs), backbone=protocol.model.backbone)
+    plugin, model, rows = build_fold_model(protocol, ds, inputs, layout, split, method=method,
+                                           parsed_params=parsed_params, seed=seed)
     primary = protocol.evaluation.primary
 
     def validate(m: nn.Module) -> float:

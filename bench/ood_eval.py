@@ -21,11 +21,10 @@ import torch
 from bench.analysis.subsets import UNTRAINED, aggregate, class_subsets, subset_seed
 from bench.data.records import ImageDataset
 from bench.evaluate import evaluate_retrieval
-from bench.experiment import FoldResult, Inputs, build_model, evaluate_test
+from bench.experiment import FoldResult, Inputs, build_fold_model, evaluate_test
 from bench.methods import method_class
 from bench.protocol import METRICS, Protocol
-from bench.seeding import seed_everything
-from bench.settings import Layout, evaluation_rows, fold_rows
+from bench.settings import Layout, evaluation_rows
 from bench.splits import ClassSplit
 from bench.train import embed
 
@@ -33,16 +32,14 @@ from bench.train import embed
 def untrained_folds(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: Layout,
                     folds: list[ClassSplit], *, method: str, parsed_params: Any,
                     seed: int) -> list[FoldResult]:
-    """The fold models exactly as :func:`bench.experiment.fit_fold` builds them, not trained."""
+    """The fold models exactly as :func:`bench.experiment.fit_fold` builds them
+    (:func:`bench.experiment.build_fold_model`), not trained."""
     out = []
     for fold in folds:
-        seed_everything(seed)  # the same initialisation as the trained model of this seed
-        cls = method_class(method)
-        consumed = cls.consumed(layout.kinds)
-        rows = fold_rows(layout, ds, inputs.tensor, fold, consumed)
-        plugin = cls(parsed_params, num_classes=rows.data.num_classes,
-                     embedding_size=protocol.model.embedding_size)
-        model = plugin.wrap_model(build_model(protocol, inputs), backbone=protocol.model.backbone)
+        plugin, model, rows = build_fold_model(protocol, ds, inputs, layout, fold,
+                                               method=method, parsed_params=parsed_params,
+                                               seed=seed)
+        consumed = method_class(method).consumed(layout.kinds)
         out.append(FoldResult(float("nan"), 0, 0, [], model, plugin, consumed))
     return out
 

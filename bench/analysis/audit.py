@@ -453,15 +453,21 @@ def audit_ordering(claim: Claim, rows: pd.DataFrame) -> dict:
             "reason": _reason(verdict, "the paired difference", _region(lower, upper), n)}
 
 
-def audit_rank_change(claim: Claim, rows: pd.DataFrame, source: str, index: int,
-                      seed: int = 0) -> dict:
-    change = claim.rank_change
-    field = f"claims[{index}].rank_change"
+def _fid_sequence_rows(claim: Claim, rows: pd.DataFrame, source: str, field: str
+                       ) -> pd.DataFrame:
+    """The rows of FID-sequence splits; a claim about OOD shift on other results is refused."""
     if "fid" not in rows.columns or rows["fid"].isna().all():
         raise BenchError(f"the results for dataset {claim.dataset!r} are not an FID split "
                          f"sequence (no fid column) (claim {claim.id!r})", source=source,
                          field=field)
-    rows = rows[rows["fid"].notna()]
+    return rows[rows["fid"].notna()]
+
+
+def audit_rank_change(claim: Claim, rows: pd.DataFrame, source: str, index: int,
+                      seed: int = 0) -> dict:
+    change = claim.rank_change
+    field = f"claims[{index}].rank_change"
+    rows = _fid_sequence_rows(claim, rows, source, field)
     fids = rows.groupby("split")["fid"].first().sort_values()
     names = {"default": _default(rows, source, f"{field}.from_split"),
              "hardest": str(fids.index[-1]), "easiest": str(fids.index[0])}
@@ -517,11 +523,7 @@ def audit_trend(claim: Claim, rows: pd.DataFrame, source: str, index: int,
     without ``method``, the extreme rho over methods (every method must satisfy the bound)."""
     trend = claim.trend
     field = f"claims[{index}].trend"
-    if "fid" not in rows.columns or rows["fid"].isna().all():
-        raise BenchError(f"the results for dataset {claim.dataset!r} are not an FID split "
-                         f"sequence (no fid column) (claim {claim.id!r})", source=source,
-                         field=field)
-    rows = rows[rows["fid"].notna()]
+    rows = _fid_sequence_rows(claim, rows, source, field)
     if claim.method:
         rows = rows[rows["method"] == claim.method]
     below = trend.spearman_below is not None
