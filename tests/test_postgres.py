@@ -472,3 +472,49 @@ def test_plain_postgresql_url_opens(database: str) -> None:
         hide_password=False)
     study = optuna.create_study(storage=open_storage(plain), study_name="plain")
     assert study.study_name == "plain"
+
+
+def _small_protocol(path: Path, iterations: int) -> Path:
+    """One method, one search trial, one reproduction: the cheapest run with both studies."""
+    data = yaml.safe_load(yaml.safe_dump(TINY_PROTOCOL))
+    data.update({"methods": [PROTOCOL["methods"][0]], "reproductions": 1,
+                 "budget": {"trials": 1, "sampler": "random", "seed": 0, "max_failures": 1}})
+    data["train"]["iterations"] = iterations
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_edited_protocol_is_refused_and_fresh_deletes_its_studies(database: str, tmp_path: Path,
+                                                                 capsys) -> None:
+    """Issue 13 on PostgreSQL: a worker with an edited protocol is refused (one line, exit 2,
+    nothing added to the studies); `bench run --fresh --storage` deletes the protocol's studies
+    there and leaves none of the original protocol (another protocol's study is kept)."""
+    from bench.keys import PROTOCOL_HASH
+
+    original = _small_protocol(tmp_path / "original.yaml", 10)
+    edited = _small_protocol(tmp_path / "edited.yaml", 20)
+    assert main(["run", str(original), "--storage", database, "--results",
+                 str(tmp_path / "a"), "--no-progress"]) == 0
+    storage = open_storage(database)
+    optuna.create_study(storage=storage, study_name="other:glyphs:m:standard")
+    old_hashes = {s.user_attrs[PROTOCOL_HASH] for s in optuna.get_all_study_summaries(storage)
+                  if s.study_name.startswith("tiny:")}
+    before = {s.study_name: (s._study_id, s.n_trials)
+              for s in optuna.get_all_study_summaries(storage)}
+    capsys.readouterr()
+    assert main(["worker", str(edited), "--storage", database, "--results",
+                 str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "train.iterations: 10 -> 20" in err, err
+    assert {s.study_name: (s._study_id, s.n_trials)
+            for s in optuna.get_all_study_summaries(storage)} == before
+    assert main(["run", str(edited), "--fresh", "--storage", database, "--results",
+                 str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "deleted 2 studies of protocol tiny" in capsys.readouterr().out
+    after = optuna.get_all_study_summaries(open_storage(database))
+    old_ids = {i for name, (i, _) in before.items() if name.startswith("tiny:")}
+    tiny = [s for s in after if s.study_name.startswith("tiny:")]
+    assert len(old_ids) == 2 and tiny and not {s._study_id for s in tiny} & old_ids
+    assert "other:glyphs:m:standard" in {s.study_name for s in after}
+    hashes = {s.user_attrs[PROTOCOL_HASH] for s in tiny}
+    assert len(old_hashes) == len(hashes) == 1 and not hashes & old_hashes
