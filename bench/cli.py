@@ -49,7 +49,9 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import RunOptions, describe_plan, plan_protocol, run_protocol
+    from bench.plan import plan_protocol
+    from bench.plan_text import describe_plan
+    from bench.runner import RunOptions, run_protocol
     from bench.state import check_grace, check_storage_url
 
     check_grace(args.grace)  # options first: refused before the protocol's data loads
@@ -75,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from bench.feasibility import check_data
-    from bench.runner import plan_protocol
+    from bench.plan import plan_protocol
 
     plan = plan_protocol(args.protocol)
     p = plan.protocol

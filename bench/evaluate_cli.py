@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench import embeddings
 from bench.errors import BenchError
-from bench.protocol import DML_METRICS, REID_METRICS
+from bench.evaluate.metric_table import DML_METRICS, REID_METRICS
 from bench.results import read_json, summary_table, write_table, write_text_atomically
 
 HELP = __doc__.split("\n\n", 1)[1]

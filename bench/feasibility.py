@@ -75,7 +75,7 @@ def check_data(protocol: Protocol, source: str) -> list[str]:
             continue
         ds = merge_datasets([load_dataset(d.name, **d.options) for d in dspecs])
         layout = resolve_layout(protocol.setting, ds, source=source)
-        if layout.kind == "dml":
+        if not layout.reid:
             split: Any = standard(ds)[0]
             trainval, test = split.train, split.test
             if protocol.split.kind != "standard":

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bench.keys import JobKey, Outcome
 from bench.search import MethodFailed, fail_stale, optimize_once
 
 JOB = "job"
@@ -33,8 +34,9 @@ class JobFailed(RuntimeError):
     """A reproduction diverged or crashed: recorded, and the method is reported as failed."""
 
 
-def job_counts(study: optuna.Study, jobs: list[str]) -> dict[str, int]:
+def job_counts(study: optuna.Study, jobs: list[JobKey]) -> dict[str, int]:
     """done / running / failed / left of ``jobs`` (what `bench status` shows)."""
+    names = {str(j) for j in jobs}
     done, running, failed = set(), set(), set()
     for t in study.get_trials(deepcopy=False):
         job = t.user_attrs.get(JOB)
@@ -48,8 +50,8 @@ def job_counts(study: optuna.Study, jobs: list[str]) -> dict[str, int]:
             failed.add(job)
     running -= done
     failed -= done | running
-    return {"done": len(done & set(jobs)), "running": len(running & set(jobs)),
-            "failed": len(failed & set(jobs)), "left": len(set(jobs) - done - running - failed)}
+    return {"done": len(done & names), "running": len(running & names),
+            "failed": len(failed & names), "left": len(names - done - running - failed)}
 
 
 def completed_results(study: optuna.Study) -> dict[str, dict[str, Any]]:
@@ -85,11 +87,11 @@ def _claim_is_mine(study: optuna.Study, trial: optuna.Trial, job: str, poll: flo
         time.sleep(poll)
 
 
-def job_step(study: optuna.Study, jobs: list[str],
-             run_job: Callable[[str], tuple[float, dict[str, Any]]], *,
-             poll: float = 0.2) -> str:
-    """Run at most one unclaimed job; "worked", "blocked" (the rest is running elsewhere) or
-    "done". Raises MethodFailed when any job failed (in any process)."""
+def job_step(study: optuna.Study, jobs: list[JobKey],
+             run_job: Callable[[JobKey], tuple[float, dict[str, Any]]], *,
+             poll: float = 0.2) -> Outcome:
+    """Run at most one unclaimed job; WORKED, BLOCKED (the rest is running elsewhere) or
+    DONE. Raises MethodFailed when any job failed (in any process)."""
     fail_stale(study)
     trials = study.get_trials(deepcopy=False)
     for t in trials:
@@ -97,9 +99,10 @@ def job_step(study: optuna.Study, jobs: list[str],
             raise MethodFailed(f"{t.user_attrs[JOB]}: {t.user_attrs[FAILURE]}")
     done = {t.user_attrs.get(JOB) for t in trials if t.state == TrialState.COMPLETE}
     running = {t.user_attrs.get(JOB) for t in trials if t.state == TrialState.RUNNING}
-    todo = [j for j in jobs if j not in done and j not in running]
+    names = [str(j) for j in jobs]
+    todo = [j for j in names if j not in done and j not in running]
     if not todo:
-        return "done" if all(j in done for j in jobs) else "blocked"
+        return Outcome.DONE if all(j in done for j in names) else Outcome.BLOCKED
     job = todo[0]
 
     def trial_fn(trial: optuna.Trial) -> float:
@@ -108,7 +111,7 @@ def job_step(study: optuna.Study, jobs: list[str],
             trial.set_user_attr("pruned", "duplicate claim: another process took this job")
             raise optuna.TrialPruned()
         try:
-            value, result = run_job(job)
+            value, result = run_job(JobKey.parse(job))
         except JobFailed as error:
             trial.set_user_attr(FAILURE, str(error))
             raise
@@ -116,4 +119,4 @@ def job_step(study: optuna.Study, jobs: list[str],
         return value
 
     optimize_once(study, trial_fn, (JobFailed,))
-    return "worked"
+    return Outcome.WORKED

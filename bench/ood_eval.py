@@ -21,9 +21,10 @@ import torch
 from bench.analysis.subsets import UNTRAINED, aggregate, class_subsets, subset_seed
 from bench.data.records import ImageDataset
 from bench.evaluate import evaluate_retrieval
+from bench.evaluate.metric_table import METRICS
 from bench.experiment import FoldResult, Inputs, build_fold_model, evaluate_test
 from bench.methods import method_class
-from bench.protocol import METRICS, Protocol
+from bench.protocol import Protocol
 from bench.settings import Layout, evaluation_rows
 from bench.splits import ClassSplit
 from bench.train import embed

@@ -16,21 +16,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import BenchError
+from bench.evaluate.metric_table import DEFAULT_PRIMARY, METRICS, family
 from bench.safe_paths import NAME_PATTERN
+from bench.setting_kinds import DEFAULT_SETTING, SETTING_KINDS, SETTINGS
 from bench.yaml_file import read_yaml
 
-DML_METRICS = (
-    "precision_at_1", "r_precision", "mean_average_precision_at_r",
-    "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi",
-)
-#: query -> gallery across cameras (Market-1501 rules): what `uda` and `dg` report
-REID_METRICS = ("cmc_1", "cmc_5", "cmc_10", "mAP")
 #: seeds must fit numpy's and torch's generators (2**32 - 1); negative seeds are refused
 MAX_SEED = 2**32 - 1
 #: search bounds: finite and of a plausible size (a bound like 1e308 overflows the midpoint)
 MAX_BOUND = 1e12
 MAX_CHOICES = 1000
-METRICS = DML_METRICS + REID_METRICS
 
 
 class Section(BaseModel):
@@ -231,13 +226,13 @@ class SettingSpec(Section):
     of the dataset (``sans``) or both (``glyphs/sans``).
     """
 
-    kind: Literal["dml", "uda", "dg"] = "dml"
+    kind: Literal[SETTING_KINDS] = DEFAULT_SETTING  # type: ignore[valid-type]
     source: list[str] = Field(default_factory=list)
     target: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _domains(self) -> SettingSpec:
-        if self.kind == "dml":
+        if not SETTINGS[self.kind].domains:
             if self.source or self.target:
                 raise ValueError("`source` and `target` need `kind: uda` or `kind: dg`")
             return self
@@ -309,14 +304,14 @@ class Protocol(Section):
 
     @model_validator(mode="after")
     def _setting_fits(self) -> Protocol:
-        reid = self.setting.kind != "dml"
+        reid = SETTINGS[self.setting.kind].reid
         if reid and self.split.kind != "standard":
             raise ValueError(f"`setting.kind: {self.setting.kind}` runs on the datasets' own "
                              f"split only (`split.kind: standard`)")
         primary = self.evaluation.primary
-        allowed = REID_METRICS if reid else DML_METRICS
+        allowed = family(reid)
         if primary is None:
-            self.evaluation.primary = allowed[-1] if reid else "mean_average_precision_at_r"
+            self.evaluation.primary = DEFAULT_PRIMARY["reid" if reid else "retrieval"]
         elif primary not in allowed:
             raise ValueError(f"evaluation.primary {primary!r} is not reported in setting "
                              f"{self.setting.kind!r} (use one of {', '.join(allowed)})")
@@ -352,7 +347,7 @@ class Protocol(Section):
         """What runs as one unit: each dataset alone in ``dml``; in ``uda``/``dg`` all the
         protocol's datasets pooled (e.g. DukeMTMC-reID + Market-1501), named ``a+b``."""
         specs = self.dataset_specs
-        if self.setting.kind == "dml":
+        if not SETTINGS[self.setting.kind].domains:
             return [(d.name, [d]) for d in specs]
         return [("+".join(d.name for d in specs), specs)]
 

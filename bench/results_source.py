@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import StateError
+from bench.keys import JobKey
 
 
 def rows_of(stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> list[dict]:
@@ -42,6 +43,6 @@ def stored_pseudo_labels(stored: dict[tuple[str, str], dict[str, dict[str, Any]]
 
     rows = []
     for job, result in sorted(stored.get((pool, method), {}).items()):
-        seed = int(job.split("/")[-1].removeprefix("seed"))
+        seed = JobKey.parse(job).seed
         rows += [{"seed": seed, **entry} for entry in result.get("pseudo_labels", [])]
     return pd.DataFrame(rows)

@@ -29,6 +29,7 @@ import optuna
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.keys import Outcome
 from bench.protocol import BudgetSpec, SearchDimension
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # bench reports failures itself
@@ -272,10 +273,10 @@ def counts(study: optuna.Study) -> tuple[int, int, int]:
 
 @dataclass
 class SearchStep:
-    """One call's result: "worked" (a trial ran or was pruned), "blocked" (the remaining slots
-    are held by live trials of other processes) or "done" (with the outcome)."""
+    """One call's result: WORKED (a trial ran or was pruned), BLOCKED (the remaining slots
+    are held by live trials of other processes) or DONE (with the outcome)."""
 
-    state: str
+    state: Outcome
     outcome: SearchOutcome | None = None
 
 
@@ -309,63 +310,15 @@ def search_step(study: optuna.Study, space: dict[str, SearchDimension], budget: 
     complete, failed, running = counts(study)
     if complete >= budget.trials:
         best = best_trial(study)
-        return SearchStep("done", SearchOutcome(best.params, float(best.value),
+        return SearchStep(Outcome.DONE, SearchOutcome(best.params, float(best.value),
                                                 complete, failed))
     if failed > budget.max_failures:
         raise MethodFailed(f"{failed} trials failed (max_failures {budget.max_failures}); "
                            f"last: {last_failure(study)}")
     if complete + running >= budget.trials:
-        return SearchStep("blocked")
+        return SearchStep(Outcome.BLOCKED)
     optimize_once(study, budget_trial_fn(study, space, budget, objective), (TrialFailed,))
-    return SearchStep("worked")
-
-
-def run_search(
-    study: optuna.Study,
-    space: dict[str, SearchDimension],
-    budget: BudgetSpec,
-    objective: Callable[[dict[str, Any]], tuple[float, dict[str, Any]]],
-    *,
-    poll_seconds: float = 1.0,
-    on_trial: Callable[[int, int], None] | None = None,
-) -> SearchOutcome:
-    """Run trials until ``budget.trials`` have completed (by any process) and return the best."""
-    study.sampler = SlotSeededSampler(budget.sampler, budget.seed)
-    trial_fn = budget_trial_fn(study, space, budget, objective)
-    settle_stale(study, poll_seconds)
-    while True:
-        fail_stale(study)
-        complete, failed, running = counts(study)
-        if on_trial is not None:
-            on_trial(complete, failed)
-        if complete >= budget.trials:
-            break
-        if failed > budget.max_failures:
-            raise MethodFailed(f"{failed} trials failed (max_failures {budget.max_failures}); "
-                               f"last: {last_failure(study)}")
-        if complete + running >= budget.trials:
-            time.sleep(poll_seconds)  # other processes are finishing the last slots
-            continue
-        study.optimize(trial_fn, n_trials=1, catch=(TrialFailed,))
-    best = best_trial(study)
-    return SearchOutcome(best.params, float(best.value), *counts(study)[:2])
-
-
-def settle_stale(study: optuna.Study, poll_seconds: float) -> None:
-    """Before the first trial, wait until the trials RUNNING now are finished or found stale.
-
-    A trial left by a killed process is indistinguishable from a live one until its heartbeat
-    expires; waiting keeps slot numbering, and so the sampled parameters, as in an
-    uninterrupted run. Trials started after this call are not waited for.
-    """
-    fail_stale(study)
-    waiting = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    while waiting:
-        time.sleep(poll_seconds)
-        fail_stale(study)
-        running = {t.number for t in study.get_trials(deepcopy=False,
-                                                       states=(TrialState.RUNNING,))}
-        waiting &= running
+    return SearchStep(Outcome.WORKED)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

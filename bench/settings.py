@@ -24,12 +24,12 @@ from bench.data.camera_style import (
     ImagingConditions,
     is_image_batch,
 )
-from bench.data.records import ImageDataset
+from bench.data.records import ImageDataset, default_class_split
 from bench.errors import BenchError
 from bench.methods.base import DATA_LABELS, TrainData
 from bench.protocol import SettingSpec
+from bench.setting_kinds import SETTINGS
 from bench.splits import ClassSplit
-from bench.splits.fid_sequence import default_class_split
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,10 @@ def query_gallery_rule(ds: ImageDataset, rows: np.ndarray) -> tuple[np.ndarray, 
 def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layout:
     """The rows and identities of ``spec`` on ``ds``; BenchError naming the setting field."""
     n = len(ds.labels)
-    if spec.kind == "dml":
+    kind = SETTINGS[spec.kind]
+    if not kind.domains:
         train, test = default_class_split(ds)
-        return Layout("dml", np.ones(n, bool), np.zeros(n, bool), train, np.array([], np.int64),
+        return Layout(spec.kind, np.ones(n, bool), np.zeros(n, bool), train, np.array([], np.int64),
                       test, None, None, frozenset({"labeled"} | (
                           {"domain_labels"} if len(np.unique(ds.domains)) > 1 else set())))
     source_rows = _select(ds, spec.source, "source", source)
@@ -150,11 +151,11 @@ def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layou
         train = np.unique(ds.labels[source_rows & train_role])
         target_train = np.unique(ds.labels[target_rows & train_role])
         test = np.unique(ds.labels[target_rows & ~train_role])
-        if spec.kind == "dg":
+        if not kind.target_training:
             target_train = np.array([], np.int64)
     else:
         train_all, test = default_class_split(ds)
-        if spec.kind == "uda":
+        if kind.target_training:
             half = len(train_all) // 2
             train, target_train = train_all[:half], train_all[half:]
         else:
@@ -166,7 +167,7 @@ def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layou
         query, gallery = query_gallery_rule(ds, test_mask)
     for what, count in (("labeled source identities", len(train)),
                         ("target test identities", len(test)),
-                        ("target training identities", len(target_train) if spec.kind == "uda"
+                        ("target training identities", len(target_train) if kind.target_training
                          else 1)):
         if count == 0:
             raise BenchError(f"the setting leaves no {what} in {ds.name}", source=source,
@@ -175,7 +176,7 @@ def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layou
     if len(np.unique(ds.domains[source_rows])) > 1:
         kinds.add("domain_labels")
     views = None
-    if spec.kind == "uda":
+    if kind.target_training:
         kinds.add("unlabeled_target")
         views = view_source(ds, target_rows, source=source)
         if views is not None:
@@ -186,9 +187,7 @@ def resolve_layout(spec: SettingSpec, ds: ImageDataset, *, source: str) -> Layou
 
 def static_kinds(kind: str) -> frozenset[str]:
     """Kinds a setting can offer before data is loaded (for validation before any work)."""
-    return frozenset({"dml": {"labeled", "domain_labels"},
-                      "uda": {"labeled", "unlabeled_target", "domain_labels", "camera_views"},
-                      "dg": {"labeled", "domain_labels"}}[kind])
+    return SETTINGS[kind].offers
 
 
 def build_camera_views(views: str, images, cameras: np.ndarray,

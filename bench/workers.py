@@ -35,7 +35,8 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
     import torch
     from threadpoolctl import threadpool_limits
 
-    from bench.runner import ProtocolRun, RunOptions, check_available, plan_protocol
+    from bench.plan import check_available, plan_protocol
+    from bench.runner import ProtocolRun, RunOptions
 
     plan = plan_protocol(protocol)
     check_available(plan)
@@ -48,7 +49,7 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
     # takes CPU from the other workers (benchmarks/scaling.py measured 1.56x vs 1.81x)
     with threadpool_limits(limits=threads) if threads else contextlib.nullcontext():
         run.run()
-    return {f"{d}/{m}": s.failure for (d, m), s in run.states.items() if s.failure}
+    return run.failures()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
-    from bench.runner import plan_protocol
+    from bench.plan import plan_protocol
 
     plan = plan_protocol(args.protocol)
     storage = _storage_url(args, plan.protocol.name)
@@ -75,7 +76,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     check_storage_url(args.storage)
     import submitit
 
-    from bench.runner import plan_protocol
+    from bench.plan import plan_protocol
 
     plan = plan_protocol(args.protocol)
     name = plan.protocol.name
@@ -114,59 +115,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _studies(storage, prefix: str) -> dict[str, Any]:
-    import optuna
-
-    return {s.study_name: s for s in optuna.get_all_study_summaries(storage)
-            if s.study_name.startswith(prefix)}
-
-
-def progress_table(plan, storage_url: str) -> list[dict[str, Any]]:
-    """Per pool and method: search and test-job progress, read from the storage only."""
-    import optuna
-
-    from bench.jobs import job_counts
-    from bench.search import counts, open_storage
-
-    storage = open_storage(storage_url)
-    p = plan.protocol
-    rows = []
-    for pool, _ in p.pools:
-        for spec in p.methods:
-            prefix = f"{p.name}:{pool}:{spec.name}:"
-            studies = _studies(storage, prefix)
-            search = [n for n in studies if ":test:" not in n]
-            tests = [n for n in studies if ":test:" in n]
-            row = {"dataset": pool, "method": spec.name}
-            budget = p.budget.trials if spec.search else 0
-            if search:
-                study = optuna.load_study(study_name=search[0], storage=storage)
-                complete, failed, running = counts(study)
-                row.update(search_done=min(complete, budget), search_running=running,
-                           search_failed=failed, search_left=max(0, budget - complete - running))
-            else:
-                row.update(search_done=0, search_running=0, search_failed=0, search_left=budget)
-            if tests:
-                study = optuna.load_study(study_name=tests[0], storage=storage)
-                jobs = list(study.user_attrs.get("jobs", []))
-                c = job_counts(study, jobs)
-                row.update(test_done=c["done"], test_running=c["running"],
-                           test_failed=c["failed"], test_left=c["left"])
-            else:
-                row.update(test_done=0, test_running=0, test_failed=0, test_left="?")
-            rows.append(row)
-    return rows
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.state import check_grace, check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
-    from bench.runner import plan_protocol
+    from bench.plan import plan_protocol
 
     plan = plan_protocol(args.protocol)
     storage = _storage_url(args, plan.protocol.name)
+    from bench.storage_views import progress_table
+
     rows = progress_table(plan, storage)
     print(f"{plan.protocol.name} in {storage}: search = completed trials of the budget "
           f"({plan.protocol.budget.trials}); test = (split, seed) jobs")
@@ -180,56 +139,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def rebuild_results(plan, storage_url: str, results_root: Path) -> Path:
-    """Write results/<protocol>/ (run files, results.csv, summary.md) from the storage alone."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from bench.jobs import FAILURE, JOB, completed_results
-    from bench.runner import MethodState, ProtocolRun, RunOptions
-    from bench.search import open_storage
-    from bench.splits.named import NamedSplit
-
-    storage = open_storage(storage_url)
-    p = plan.protocol
-    run = ProtocolRun(plan, RunOptions(results_root=results_root, storage=storage_url,
-                                       progress=False))
-    run.prepare_directory()
-    run.record_protocol()
-    for pool, _ in p.pools:
-        seen: dict[str, NamedSplit] = {}
-        for spec in p.methods:
-            state = run.states.setdefault((pool, spec.name), MethodState())
-            for name in _studies(storage, f"{p.name}:{pool}:{spec.name}:"):
-                study = optuna.load_study(study_name=name, storage=storage)
-                if ":test:" not in name:
-                    continue
-                results = completed_results(study)
-                run.write_run_files(pool, spec.name, results)  # kept for the tables too
-                for result in results.values():
-                    state.params = result["params"]
-                    state.data = result["rows"][0].get("data", "") if result["rows"] else ""
-                    for row in result["rows"][:1]:
-                        seen[row["split"]] = NamedSplit(row["split"], [], [], row["fid"],
-                                                        bool(row["is_default_split"]))
-                failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if FAILURE in t.user_attrs]
-                if failed:
-                    state.failure = f"{failed[0].user_attrs[JOB]}: {failed[0].user_attrs[FAILURE]}"
-        run.splits[pool] = sorted(seen.values(), key=lambda s: (s.fid is None, s.fid or 0))
-    run.write_outputs()
-    return run.dir
-
-
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from bench.state import check_grace, check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
-    from bench.runner import plan_protocol
+    from bench.plan import plan_protocol
 
     plan = plan_protocol(args.protocol)
     storage = _storage_url(args, plan.protocol.name)
+    from bench.storage_views import rebuild_results
+
     out = rebuild_results(plan, storage, Path(args.results))
     print(f"rebuilt {out}/ (runs/, results.csv, summary.md) from {storage}")
     return 0
@@ -297,4 +217,4 @@ def add_worker_parsers(sub) -> None:
     rebuild.set_defaults(func=cmd_rebuild)
 
 
-__all__ = ["add_worker_parsers", "progress_table", "rebuild_results", "worker_main"]
+__all__ = ["add_worker_parsers", "worker_main"]

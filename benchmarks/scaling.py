@@ -80,7 +80,8 @@ def reduced_protocol(source: Path, out: Path, trials: int, reproductions: int) -
 
 def warm_cache(protocol: Path) -> float:
     """Load every dataset pool and compute (or read) its cached features, as a worker does."""
-    from bench.runner import ProtocolRun, RunOptions, check_available, plan_protocol
+    from bench.plan import check_available, plan_protocol
+    from bench.runner import ProtocolRun, RunOptions
 
     started = time.perf_counter()
     plan = plan_protocol(protocol)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import optuna
 
+from bench.keys import Outcome
 from bench.protocol import BudgetSpec, SearchDimension
-from bench.search import TrialFailed, open_storage, run_search
+from bench.search import TrialFailed, open_storage, search_step
 
 SPACE = {"x": SearchDimension(type="float", low=0.0, high=1.0),
          "n": SearchDimension(type="int", low=1, high=5)}
@@ -48,7 +49,11 @@ def main(url: str, name: str, budget: int, log: str, sleep: float, hang_at: int 
         return score(params), {"fold_scores": [score(params)]}
 
     spec = BudgetSpec(trials=budget, sampler="tpe", seed=7, max_failures=max_failures)
-    run_search(study, SPACE, spec, objective, poll_seconds=0.2)
+    # the scheduler's loop (bench.scheduler): one step at a time, polling while others hold
+    # the last slots
+    while (state := search_step(study, SPACE, spec, objective).state) != Outcome.DONE:
+        if state == Outcome.BLOCKED:
+            time.sleep(0.2)
     return study
 
 

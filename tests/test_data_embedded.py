@@ -14,7 +14,14 @@ import pytest
 from matplotlib.ft2font import FT2Font
 from PIL import Image
 
-from bench.data import dataset_info, dataset_names, describe, load_dataset, registry, standard_split
+from bench.data import (
+    dataset_info,
+    dataset_names,
+    default_class_split,
+    describe,
+    load_dataset,
+    registry,
+)
 from bench.data.cache import dataset_path
 from bench.data.contact_sheet import write_contact_sheet
 from bench.errors import BenchError
@@ -132,8 +139,8 @@ def test_glyphs_counts_and_determinism() -> None:
 
 def test_standard_split_halves() -> None:
     ds = load_dataset("glyphs", max_classes=10, image_size=16)
-    train, test = standard_split(ds.labels, ds.num_classes)
-    assert set(ds.labels[train]) == set(range(5)) and set(ds.labels[test]) == set(range(5, 10))
+    train, test = default_class_split(ds)
+    assert train.tolist() == list(range(5)) and test.tolist() == list(range(5, 10))
     assert describe("glyphs", max_classes=10, image_size=16) == {
         "classes": 10,
         "images": 160,

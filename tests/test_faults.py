@@ -62,7 +62,9 @@ from PIL import Image
 import bench.jobs
 import bench.results
 import bench.runner
+import bench.scheduler
 import bench.search
+import bench.units
 from bench import methods as methods_module
 from bench.cli import main
 from bench.methods.pml_loss import PmlLoss
@@ -328,7 +330,7 @@ def test_trials_orphaned_before_their_first_heartbeat_do_not_block_a_run(
             warnings.simplefilter("ignore", UserWarning)
             study.ask()  # RUNNING, no heartbeat, no slot or job named: the process died here
     deadline = Deadline(25)
-    for module in (bench.runner, bench.jobs, bench.search):
+    for module in (bench.scheduler, bench.jobs, bench.search):
         monkeypatch.setattr(module, "time", deadline)
     assert run(protocol, results, grace="2") == 0
     assert stale_failures(url) == 2
@@ -347,7 +349,7 @@ def test_process_whose_trial_was_declared_dead_goes_on(glyphs_reference, tmp_pat
     protocol = write_protocol_file(tmp_path, GLYPHS)
     results = tmp_path / "results"
     db = results / "tiny" / "study.db"
-    fit_fold, declared = bench.runner.fit_fold, {}
+    fit_fold, declared = bench.units.fit_fold, {}
 
     def stalled(*args: Any, **kwargs: Any):
         result = fit_fold(*args, **kwargs)
@@ -360,7 +362,7 @@ def test_process_whose_trial_was_declared_dead_goes_on(glyphs_reference, tmp_pat
             declared[kind] = trial_id
         return result
 
-    monkeypatch.setattr(bench.runner, "fit_fold", stalled)
+    monkeypatch.setattr(bench.units, "fit_fold", stalled)
     assert run(protocol, results) == 0
     assert set(declared) == {"trial", "job"}
     pd.testing.assert_frame_equal(table(results), reference)
@@ -441,7 +443,7 @@ def folder_reference(tmp_path_factory) -> tuple[Path, pd.DataFrame, list[str]]:
 
 
 class CorruptOnce:
-    """Wraps bench.runner.fit_fold: on the ``nth`` training whose description contains ``kind``
+    """Wraps bench.units.fit_fold: on the ``nth`` training whose description contains ``kind``
     ("trial" or "seed"), truncate an image of the fold's validation classes (decoded by the
     training's validation) first. ``restore()`` puts the file back."""
 
@@ -449,7 +451,7 @@ class CorruptOnce:
         self.kind, self.nth, self.seen, self.calls = kind, nth, 0, []
         self.path: Path | None = None
         self.original = b""
-        self.fit_fold = bench.runner.fit_fold
+        self.fit_fold = bench.units.fit_fold
 
     def __call__(self, protocol, ds, inputs, layout, split, **kwargs):
         self.calls.append(kwargs["description"])
@@ -477,7 +479,7 @@ def test_image_corrupted_in_test_phase_stops_with_one_line_then_resumes(
     protocol, reference, reference_rows = folder_reference
     results = tmp_path / "results"
     corrupt = CorruptOnce("seed", 2)  # the second test job finds a truncated PNG
-    monkeypatch.setattr(bench.runner, "fit_fold", corrupt)
+    monkeypatch.setattr(bench.units, "fit_fold", corrupt)
     try:
         capsys.readouterr()
         assert run(protocol, results) == 2
@@ -493,7 +495,7 @@ def test_image_corrupted_in_test_phase_stops_with_one_line_then_resumes(
     finally:
         corrupt.restore()
     rerun = CorruptOnce("nothing", 1)
-    monkeypatch.setattr(bench.runner, "fit_fold", rerun)
+    monkeypatch.setattr(bench.units, "fit_fold", rerun)
     assert run(protocol, results) == 0
     assert len(rerun.calls) == 6 - kept, "units recorded before the fault are not redone"
     pd.testing.assert_frame_equal(table(results), reference)
@@ -506,7 +508,7 @@ def test_image_corrupted_in_search_phase_then_restored_gives_undisturbed_table(
     protocol, reference, reference_rows = folder_reference
     results = tmp_path / "results"
     corrupt = CorruptOnce("trial", 2)  # the second search trial finds a truncated PNG
-    monkeypatch.setattr(bench.runner, "fit_fold", corrupt)
+    monkeypatch.setattr(bench.units, "fit_fold", corrupt)
     try:
         capsys.readouterr()
         code = run(protocol, results)
@@ -521,7 +523,7 @@ def test_image_corrupted_in_search_phase_then_restored_gives_undisturbed_table(
         assert not blamed, f"trials {blamed} record the corrupt file as the method's failure"
     finally:
         corrupt.restore()
-    monkeypatch.setattr(bench.runner, "fit_fold", corrupt.fit_fold)
+    monkeypatch.setattr(bench.units, "fit_fold", corrupt.fit_fold)
     assert run(protocol, results) == 0
     pd.testing.assert_frame_equal(table(results), reference)
     assert summary_rows(results) == reference_rows
@@ -592,7 +594,7 @@ def test_full_disk_keeps_files_whole_and_storage_complete(glyphs_reference, tmp_
     pd.testing.assert_frame_equal(table(elsewhere), reference)
     assert summary_rows(elsewhere) == reference_rows
     rerun = CorruptOnce("nothing", 1)
-    monkeypatch.setattr(bench.runner, "fit_fold", rerun)
+    monkeypatch.setattr(bench.units, "fit_fold", rerun)
     assert run(protocol, results) == 0 and rerun.calls == [], "nothing is retrained"
     pd.testing.assert_frame_equal(table(results), reference)
     assert summary_rows(results) == reference_rows
@@ -1135,13 +1137,14 @@ def test_utf16_protocol_is_read(write_protocol, tmp_path: Path, capsys) -> None:
 
 
 def test_summary_says_how_the_state_was_chosen(write_protocol, tmp_path: Path) -> None:
-    from bench.runner import ProtocolRun, RunOptions, plan_protocol
+    from bench.plan import plan_protocol
+    from bench.results_writer import ResultsWriter
 
     for checkpoint, said, unsaid in (("last", "checkpoint `last`", "early stopping"),
                                      ("best", "early stopping on validation", "`last`")):
         protocol = write_protocol({"train": {**SMALL["train"], "checkpoint": checkpoint}})
-        text = ProtocolRun(plan_protocol(protocol), RunOptions(results_root=tmp_path)
-                           ).summary([])
+        text = ResultsWriter(plan_protocol(protocol), tmp_path, device="cpu", states={}
+                             ).summary([])
         assert said in text and unsaid not in text
 
 
@@ -1186,7 +1189,7 @@ def test_fresh_with_a_shared_storage_deletes_this_protocols_studies_only(tmp_pat
 
 
 def test_pseudo_label_audit_comes_from_the_storage_not_run_files(tmp_path: Path) -> None:
-    from bench.runner import pseudo_label_audit
+    from bench.summary_text import pseudo_label_audit
 
     entry = {"epoch": 0, "clusters": 4, "outliers": 1, "purity": 0.5, "nmi": 0.25, "ari": 0.1,
              "identities": 6}

@@ -25,8 +25,8 @@ from bench.methods.base import Method, TrainData
 from bench.methods.dimn import DIMN
 from bench.models import EmbeddingHead, EmbeddingModel
 from bench.pipeline import Prefetch, batch_generator
+from bench.plan import plan_protocol
 from bench.protocol import AugmentationSpec, TrainSpec, parse_protocol
-from bench.runner import plan_protocol
 from bench.train import embed, train
 
 CPU = torch.device("cpu")

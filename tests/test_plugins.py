@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.methods import method_class
 from bench.methods.base import Method
 from bench.methods.pml_loss import find_class
-from bench.runner import plan_protocol
+from bench.plan import plan_protocol
 
 
 @pytest.fixture

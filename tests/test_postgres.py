@@ -489,7 +489,7 @@ def test_edited_protocol_is_refused_and_fresh_deletes_its_studies(database: str,
     """Issue 13 on PostgreSQL: a worker with an edited protocol is refused (one line, exit 2,
     nothing added to the studies); `bench run --fresh --storage` deletes the protocol's studies
     there and leaves none of the original protocol (another protocol's study is kept)."""
-    from bench.keys import PROTOCOL_HASH
+    from bench.study_protocol import PROTOCOL_HASH
 
     original = _small_protocol(tmp_path / "original.yaml", 10)
     edited = _small_protocol(tmp_path / "edited.yaml", 20)

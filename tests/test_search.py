@@ -100,6 +100,10 @@ def test_sigkill_mid_trial_then_resume_equals_uninterrupted(tmp_path: Path) -> N
         time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    # resumed once the heartbeat has failed the killed trial (grace 2 s): its slot, the lowest
+    # free one, is re-run first, as in an uninterrupted run (a resume within the grace period
+    # takes the next slot first; with TPE its values then depend on that order)
+    time.sleep(3)
     resumed = search_worker.main(url, "m", 6, str(log), 0.0)
     assert states(resumed)["COMPLETE"] == 6
     assert states(resumed)["FAIL"] == 1  # the killed trial, failed by its stale heartbeat

@@ -13,8 +13,9 @@ from bench.data import load_dataset
 from bench.data.merge import ConcatImages, merge_datasets
 from bench.data.records import ImageDataset
 from bench.errors import BenchError
+from bench.plan import plan_protocol
 from bench.protocol import SettingSpec
-from bench.runner import RunOptions, plan_protocol, run_protocol
+from bench.runner import RunOptions, run_protocol
 from bench.settings import fold_rows, query_gallery_rule, resolve_layout
 from bench.splits import ClassSplit
 
@@ -235,7 +236,7 @@ def test_junk_classes_are_ignored_in_reid_scoring() -> None:
 def test_setting_protocols_validate_and_dry_run(name: str) -> None:
     """The shipped uda/dg protocols are valid and plan without data (GPU ones: no datasets)."""
     from bench.methods import method_class
-    from bench.runner import describe_plan
+    from bench.plan_text import describe_plan
 
     root = Path(__file__).resolve().parents[1] / "protocols"
     plan = plan_protocol(root / f"{name}.yaml")

@@ -17,8 +17,9 @@ import yaml
 from conftest import TINY_PROTOCOL
 
 from bench.cli import main
-from bench.keys import PROTOCOL_HASH, StudyKey, protocol_studies
+from bench.keys import StudyKey, protocol_studies
 from bench.search import open_storage
+from bench.study_protocol import PROTOCOL_HASH
 
 #: the cheapest protocol that still creates a search study and a test-job study
 SMALL = {"train": {"iterations": 10, "batch_size": 32, "m_per_class": 4, "validate_every": 10,

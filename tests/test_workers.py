@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 
 from bench.cli import main
 from bench.jobs import FAILURE, JOB, JobFailed
-from bench.runner import ProtocolRun
 from bench.search import TrialFailed
+from bench.units import Units
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def half_done(protocol: Path, tmp_path_factory: pytest.TempPathFactory):
     half.write_text(yaml.safe_dump(data), encoding="utf-8")
     mp = pytest.MonkeyPatch()
     units = []
-    objective, run_job = ProtocolRun.objective, ProtocolRun.run_job
+    objective, run_job = Units.objective, Units.run_job
 
     def scripted(kind: str):
         units.append(kind)
@@ -180,21 +180,16 @@ def half_done(protocol: Path, tmp_path_factory: pytest.TempPathFactory):
         if error is not None:
             raise error(f"scripted failure of unit {len(units)}")
 
-    def objective_(self, ctx, spec):
-        inner = objective(self, ctx, spec)
+    def objective_(self, values):
+        scripted(f"{self.spec.name} trial")
+        return objective(self, values)
 
-        def wrapped(values):
-            scripted(f"{spec.name} trial")
-            return inner(values)
+    def run_job_(self, values, job):
+        scripted(f"{self.spec.name} {job}")
+        return run_job(self, values, job)
 
-        return wrapped
-
-    def run_job_(self, ctx, spec, values, job):
-        scripted(f"{spec.name} {job}")
-        return run_job(self, ctx, spec, values, job)
-
-    mp.setattr(ProtocolRun, "objective", objective_)
-    mp.setattr(ProtocolRun, "run_job", run_job_)
+    mp.setattr(Units, "objective", objective_)
+    mp.setattr(Units, "run_job", run_job_)
     try:
         code = main(["run", str(half), "--results", str(results), "--no-progress"])
     finally:
@@ -265,22 +260,19 @@ WRAPPER = """
 import json, os, sys, time
 from pathlib import Path
 from bench.cli import main
-from bench.runner import ProtocolRun
+from bench.units import Units
 log, go = sys.argv[1], Path(sys.argv[2])
-objective, run_job = ProtocolRun.objective, ProtocolRun.run_job
+objective, run_job = Units.objective, Units.run_job
 def note(kind):
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"pid": os.getpid(), "unit": kind}) + "\\n")
-def objective_(self, ctx, spec):
-    inner = objective(self, ctx, spec)
-    def wrapped(values):
-        note(spec.name + " trial")
-        return inner(values)
-    return wrapped
-def run_job_(self, ctx, spec, values, job):
-    note(spec.name + " " + job)
-    return run_job(self, ctx, spec, values, job)
-ProtocolRun.objective, ProtocolRun.run_job = objective_, run_job_
+def objective_(self, values):
+    note(self.spec.name + " trial")
+    return objective(self, values)
+def run_job_(self, values, job):
+    note(self.spec.name + " " + str(job))
+    return run_job(self, values, job)
+Units.objective, Units.run_job = objective_, run_job_
 Path(f"{go}.{os.getpid()}").write_text("ready")
 while not go.exists():
     time.sleep(0.05)

@@ -61,7 +61,9 @@ from bench.analysis.ood import ranking_tau, spearman_trend
 from bench.analysis.stats import holm, paired_test, t_interval
 from bench.analysis.subsets import UNTRAINED, base_metric, is_controlled
 from bench.errors import BenchError
-from bench.protocol import METRICS, first_error
+from bench.evaluate.metric_table import METRICS
+from bench.protocol import first_error
+from bench.setting_kinds import DEFAULT_SETTING, SETTING_KINDS
 from bench.yaml_file import read_yaml
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -132,7 +134,7 @@ class Claim(Strict):
     statement: str | None = None
     protocol: str | None = None
     dataset: str = Field(min_length=1)
-    setting: Literal["dml", "uda", "dg"] = "dml"
+    setting: Literal[SETTING_KINDS] = DEFAULT_SETTING  # type: ignore[valid-type]
     split: str | None = None
     metric: str
     model: str | None = Field(None, pattern=rf"^({MODEL_PATTERN})$")

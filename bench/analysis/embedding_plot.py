@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench import embeddings
 from bench.errors import BenchError
+from bench.evaluate.metric_table import headline_model
 
 TOP = 3
 CLASSES = 10
@@ -21,7 +22,7 @@ CLASSES = 10
 
 def top_methods(rows: pd.DataFrame, metric: str, top: int = TOP) -> list[str]:
     """Methods ranked by the mean of ``metric`` over seeds (headline model), best first."""
-    model = "concatenated" if (rows["model"] == "concatenated").any() else "separate"
+    model = headline_model(map(str, rows["model"].unique()))
     sub = rows[(rows["model"] == model) & (rows["metric"] == metric)]
     means = sub.groupby("method")["value"].mean().sort_values(ascending=False, kind="stable")
     return list(means.index[:top])

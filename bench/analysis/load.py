@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.evaluate.metric_table import headline_model as metric_headline
 
 ID_COLUMNS = ["protocol", "dataset", "split", "method", "seed", "model", "metric", "value"]
 #: Provenance columns that define how a number was measured; rows may only be pooled when these
@@ -145,14 +146,12 @@ def _as_bool(value: object) -> object:
 
 
 def headline_model(frame: pd.DataFrame) -> str:
-    """``concatenated`` when present (more than one fold), else ``separate``, else the first."""
-    models = list(frame["model"].unique())
-    for name in ("concatenated", "separate"):
-        if name in models:
-            return name
-    if not models:
+    """``concatenated`` when present (more than one fold), else ``separate``, else the first
+    (the rule of bench.evaluate.metric_table)."""
+    model = metric_headline(map(str, frame["model"].unique()))
+    if model is None:
         raise BenchError("no results rows")
-    return str(models[0])
+    return model
 
 
 def default_split(frame: pd.DataFrame) -> str:

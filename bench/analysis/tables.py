@@ -27,17 +27,14 @@ import pandas as pd
 from bench.analysis.load import headline_model
 from bench.analysis.stats import compact_letters, holm, paired_test, t_interval
 from bench.errors import BenchError
-from bench.protocol import METRICS
+from bench.evaluate.metric_table import DEFAULT_COLUMNS, METRICS, SHORT
 
 #: pairs of methods need this many paired units to be marked different (as bench audit's MIN_N)
 MIN_PAIRED = 3
 GROUPS = ["setting", "dataset", "split"]
-DEFAULT_METRICS = ["mean_average_precision_at_r", "precision_at_1", "r_precision", "nmi"]
+DEFAULT_METRICS = DEFAULT_COLUMNS["retrieval"]
 #: uda / dg results (re-ID rules): mAP first, so it is the metric methods are ranked by
-REID_DEFAULT_METRICS = ["mAP", "cmc_1", "cmc_5", "cmc_10"]
-SHORT = {"precision_at_1": "P@1", "r_precision": "R-Prec", "mean_average_precision_at_r": "MAP@R",
-         "recall_at_1": "R@1", "recall_at_2": "R@2", "recall_at_4": "R@4", "recall_at_8": "R@8",
-         "nmi": "NMI", "cmc_1": "R1", "cmc_5": "R5", "cmc_10": "R10"}
+REID_DEFAULT_METRICS = DEFAULT_COLUMNS["reid"]
 TESTS = {"t": "p_t", "wilcoxon": "p_wilcoxon"}
 TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 

@@ -135,7 +135,14 @@ class ImageDataset:
         return counts
 
 
-def standard_split(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, test): first half of the classes train, second half test."""
-    train = labels < num_classes // 2
-    return train, ~train
+def default_class_split(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's default (train, test) class indices, the one rule every part of bench uses
+    (a run's standard split, the settings' identities, `bench datasets show`, FID sequences):
+    its own roles where it has them (``train`` rows train, all other rows test), else the first
+    half of the class indices train and the second half test."""
+    present = np.unique(ds.labels)
+    if ds.roles is not None:
+        roles = np.asarray(ds.roles)
+        return np.unique(ds.labels[roles == "train"]), np.unique(ds.labels[roles != "train"])
+    half = ds.num_classes // 2
+    return present[present < half], present[present >= half]

@@ -21,7 +21,7 @@ import numpy as np
 
 from bench import plugins
 from bench.data import cache as _cache
-from bench.data.records import ImageDataset, standard_split
+from bench.data.records import ImageDataset, default_class_split
 from bench.errors import BenchError
 
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -271,8 +271,8 @@ def _build(spec: DatasetSpec, resolved: dict[str, Any], key: str) -> ImageDatase
 def describe(name: str, **options: Any) -> dict[str, int]:
     """Counts for ``bench datasets show NAME``: classes, images, domains, cameras, split sizes."""
     ds = load_dataset(name, **options)
-    train, test = standard_split(ds.labels, ds.num_classes)
+    train, test = default_class_split(ds)  # the classes a run of the dataset uses
     counts = ds.counts()
-    counts["train_classes"] = int(len(np.unique(ds.labels[train])))
-    counts["test_classes"] = int(len(np.unique(ds.labels[test])))
+    counts["train_classes"] = len(train)
+    counts["test_classes"] = len(test)
     return counts

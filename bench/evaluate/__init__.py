@@ -21,7 +21,18 @@ ties between equal distances by the lower reference index, and raise
 
 from __future__ import annotations
 
-from bench.evaluate.reid import evaluate_reid
-from bench.evaluate.retrieval import ScoreFn, evaluate_retrieval, nearest_neighbours
+from importlib import import_module
+from typing import Any
+
+#: loaded on first use, so that the torch-free metric table (bench.evaluate.metric_table) can be
+#: imported by bench.analysis without importing torch through this package
+_LAZY = {"evaluate_reid": "reid", "ScoreFn": "retrieval", "evaluate_retrieval": "retrieval",
+         "nearest_neighbours": "retrieval"}
 
 __all__ = ["ScoreFn", "evaluate_reid", "evaluate_retrieval", "nearest_neighbours"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bench.evaluate' has no attribute {name!r}")
+    return getattr(import_module(f"bench.evaluate.{_LAZY[name]}"), name)

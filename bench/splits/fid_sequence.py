@@ -410,21 +410,6 @@ def check_class_names(splits: list[dict[str, Any]], class_names: Sequence[str], 
 # --- from a dataset -----------------------------------------------------------------------------
 
 
-def default_class_split(ds) -> tuple[np.ndarray, np.ndarray]:
-    """The dataset's default (train, test) classes: its own roles if it has them, else the
-    first half of the class indices train and the second half test."""
-    present = np.unique(ds.labels)
-    roles = getattr(ds, "roles", None)
-    if roles is not None:
-        roles = np.asarray(roles)
-        train = np.unique(ds.labels[roles == "train"])
-        test = np.unique(ds.labels[roles != "train"])
-    else:
-        half = ds.num_classes // 2
-        train, test = present[present < half], present[present >= half]
-    return train, test
-
-
 def make_dataset_splits(dataset: str, extractor: str, *,
                         dataset_options: Mapping[str, Any] | None = None,
                         params: SequenceParams | None = None, device=None,
@@ -440,6 +425,8 @@ def make_dataset_splits(dataset: str, extractor: str, *,
     ds = load_dataset(dataset, **dict(dataset_options or {}))
     features, weights = extractor_features(ds, extractor, device=device, progress=progress)
     classes, centroids = class_centroids(features, ds.labels)
+    from bench.data.records import default_class_split
+
     train, test = default_class_split(ds)
     position = {int(c): i for i, c in enumerate(classes)}
     sequence = generate_sequence(centroids, [position[int(c)] for c in train],

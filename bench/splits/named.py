@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.records import ImageDataset
+from bench.data.records import ImageDataset, default_class_split
 from bench.errors import BenchError
 
 
@@ -26,8 +26,6 @@ class NamedSplit:
 def standard(ds: ImageDataset) -> list[NamedSplit]:
     """The dataset's own split: its roles where it has them (SOP, In-Shop, re-ID sets), else
     the first half of the sorted classes train and the second half test."""
-    from bench.splits.fid_sequence import default_class_split
-
     train, test = default_class_split(ds)
     return [NamedSplit("standard", train, test)]
 
