@@ -8,12 +8,11 @@ they load with ``torch.load(..., weights_only=True)`` and never execute code fro
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from bench.atomic import atomic_write
 from bench.errors import BenchError
 
 
@@ -28,15 +27,8 @@ def save(path: Path, model_state: dict[str, torch.Tensor],
     torch.save({"model": {k: v.detach().cpu() for k, v in model_state.items()},
                 "method": {str(i): p.detach().cpu() for i, p in enumerate(method_params)}},
                buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
 
 
 def load(path: Path) -> dict[str, dict[str, torch.Tensor]]:

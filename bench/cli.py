@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cli_options import parse_option
 from bench.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_STATE, BenchError, StateError
 
 DESCRIPTION = """\
@@ -39,20 +40,12 @@ unusable state (storage, cache or results folder: the line names the file and wh
 """
 
 
-def _parse_option(text: str) -> tuple[str, object]:
-    import yaml
-
-    if "=" not in text:
-        raise BenchError(f"expected KEY=VALUE, got {text!r}", field="--option")
-    key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.plan import plan_protocol
     from bench.plan_text import describe_plan
     from bench.runner import RunOptions, run_protocol
-    from bench.state import check_grace, check_storage_url
+    from bench.state import check_grace
+    from bench.storage import check_storage_url
 
     check_grace(args.grace)  # options first: refused before the protocol's data loads
     check_storage_url(args.storage)
@@ -105,7 +98,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     from bench.data import describe, load_dataset
     from bench.data.contact_sheet import write_contact_sheet
 
-    options = dict(_parse_option(o) for o in args.option)
+    options = dict(parse_option(o) for o in args.option)
     counts = describe(args.name, **options)
     for key, value in counts.items():
         print(f"{key:14s} {value}")
@@ -118,7 +111,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
 def cmd_datasets_prepare(args: argparse.Namespace) -> int:
     from bench.data.real.prepare import prepare
 
-    options = dict(_parse_option(o) for o in args.option)
+    options = dict(parse_option(o) for o in args.option)
     problems = prepare(args.name, args.root, download=not args.no_download, **options)
     for line in problems:
         print(line)
@@ -130,7 +123,7 @@ def cmd_datasets_prepare(args: argparse.Namespace) -> int:
 def cmd_datasets_verify(args: argparse.Namespace) -> int:
     from bench.data.real.prepare import verify
 
-    options = dict(_parse_option(o) for o in args.option)
+    options = dict(parse_option(o) for o in args.option)
     problems = verify(args.name, args.root, quick=args.quick, **options)
     for line in problems:
         print(line)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from bench.atomic import atomic_write
 
 DIGEST_KEY = "__sha256__"
 
@@ -69,22 +70,11 @@ def save_verified(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         note(path, "is not a regular file", "using the rebuilt data without caching it "
              "(remove it to cache again)")
         return False
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
+    try:  # a shared cache should be readable: 0644, not mkstemp's 0600
+        with atomic_write(path, "wb", permissions=0o644) as handle:
             np.savez(handle, **arrays, **{DIGEST_KEY: np.array(arrays_sha256(arrays))})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable
-        os.replace(tmp, path)
     except OSError as error:  # a full or read-only cache: the data is good, only not kept
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         note(path, f"cannot be written ({error.strerror or error})", "using the data without "
              "caching it")
         return False
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return True

@@ -12,8 +12,6 @@ numpy only: `bench evaluate` and `bench report` load these without torch or trai
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.atomic import atomic_write
 from bench.errors import BenchError
 
 FORMAT = 1
@@ -93,15 +92,8 @@ def save(path: Path, *, query: list[np.ndarray], query_labels: np.ndarray,
         arrays["query_cameras"] = np.asarray(query_cameras, dtype=np.int64)
         arrays["gallery_ids"] = np.asarray(gallery_ids, dtype=np.int64)
         arrays["gallery_cameras"] = np.asarray(gallery_cameras, dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)  # a kill or full disk leaves no half file
-        raise
+    with atomic_write(path, "wb") as handle:  # a kill or full disk leaves no half file
+        np.savez_compressed(handle, **arrays)
     return path
 
 

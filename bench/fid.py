@@ -41,8 +41,6 @@ import warnings
 
 import numpy as np
 
-from bench.errors import BenchError
-
 EPS = 1e-8
 # Above this many centroids the C x C Gram matrix is not kept (memory, O(m^3) factorisations);
 # the engine then works in feature space (still O(d) updates of the means).
@@ -224,13 +222,3 @@ class ClassSetFid:
         r = np.sqrt(values)[:, None] * vectors.T  # r^T r = H: coordinates in a k-dim frame
         return _fid_from_factors(diff, r[:, :n1] / np.sqrt(n1 - 1), r[:, n1:] / np.sqrt(n2 - 1),
                                  self.dim, self.eps)
-
-
-def fid_of_split(centroids: np.ndarray, train, test, eps: float = EPS) -> float:
-    """FID between the centroid rows ``train`` and ``test`` (fast path)."""
-    centroids = np.asarray(centroids)
-    train, test = np.asarray(train), np.asarray(test)
-    if len(train) < 2 or len(test) < 2:
-        raise BenchError(f"a split needs at least 2 train and 2 test classes, got {len(train)} "
-                         f"and {len(test)}", field="split")
-    return fid_fast(centroids[train], centroids[test], eps)

@@ -16,10 +16,10 @@ import torch
 
 from bench import plugins
 from bench.data import dataset_info
-from bench.data.registry import get_spec, resolve_options
+from bench.data.registry import dataset_plugins, get_spec, resolve_options
 from bench.errors import BenchError
 from bench.experiment import apply_search_values
-from bench.methods import method_class, validate_method
+from bench.methods import method_class, plugins_used, validate_method
 from bench.methods.base import DATA_LABELS
 from bench.models import BACKBONES
 from bench.precision import check_precision
@@ -37,7 +37,7 @@ class Plan:
     source: str
     protocol_hash: str
     protocol_text: str
-    #: per method entry, the installed plug-ins it runs on (bench.plugins.protocol_plugins)
+    #: per method entry, the installed plug-ins it runs on (protocol_plugins)
     plugins: dict[str, dict[str, plugins.Plugin]] = field(default_factory=dict)
 
 
@@ -135,11 +135,29 @@ def plan_protocol(path: str | Path) -> Plan:
     except ValueError as error:
         raise BenchError(str(error), source=source, field="train.precision") from None
     text = read_text_bounded(path, what="protocol")  # the size and encoding checks again
-    used = plugins.protocol_plugins(protocol)
+    used = protocol_plugins(protocol)
     if plugins.signature(used):  # a plug-in's version is part of the setting: in the hash
         digest = hashlib.sha256(json.dumps([digest, plugins.signature(used)],
                                            sort_keys=True).encode()).hexdigest()
     return Plan(protocol, source, digest, text, used)
+
+
+def protocol_plugins(protocol: Protocol) -> dict[str, dict[str, plugins.Plugin]]:
+    """Per method entry (by its name in the protocol), the plug-ins it may run on: its method,
+    its loss and miner (also those a categorical search may choose), and the datasets'."""
+    datasets = dataset_plugins()
+    shared = {f"{datasets[d.name].group}:{d.name}": datasets[d.name]
+              for d in protocol.dataset_specs if d.name in datasets}
+    out: dict[str, dict[str, plugins.Plugin]] = {}
+    for spec in protocol.methods:
+        used = dict(shared)
+        used.update(plugins_used(spec.method, spec.params))
+        for key in ("loss", "miner"):
+            dim = spec.search.get(key)
+            for choice in (dim.choices or []) if dim is not None else []:
+                used.update(plugins_used(spec.method, {**spec.params, key: choice}))
+        out[spec.name] = used
+    return out
 
 
 def check_available(plan: Plan) -> None:

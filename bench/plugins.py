@@ -104,27 +104,6 @@ def describe(plugins: dict[str, Plugin]) -> str:
 # --- what a protocol runs on -----------------------------------------------------------------
 
 
-def protocol_plugins(protocol: Any) -> dict[str, dict[str, Plugin]]:
-    """Per method entry (by its name in the protocol), the plug-ins it may run on: its method,
-    its loss and miner (also those a categorical search may choose), and the datasets'."""
-    from bench.data.registry import dataset_plugins
-    from bench.methods import plugins_used
-
-    datasets = dataset_plugins()
-    shared = {f"{datasets[d.name].group}:{d.name}": datasets[d.name]
-              for d in protocol.dataset_specs if d.name in datasets}
-    out: dict[str, dict[str, Plugin]] = {}
-    for spec in protocol.methods:
-        used = dict(shared)
-        used.update(plugins_used(spec.method, spec.params))
-        for key in ("loss", "miner"):
-            dim = spec.search.get(key)
-            for choice in (dim.choices or []) if dim is not None else []:
-                used.update(plugins_used(spec.method, {**spec.params, key: choice}))
-        out[spec.name] = used
-    return out
-
-
 def signature(used: dict[str, dict[str, Plugin]]) -> dict[str, str]:
     """``group:name`` -> ``distribution version`` over a protocol's plug-ins (what is recorded
     beside its results and hashed with it)."""

@@ -7,7 +7,6 @@ own parameters.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ from bench.errors import BenchError
 from bench.evaluate.metric_table import DEFAULT_PRIMARY, METRICS, family
 from bench.safe_paths import NAME_PATTERN
 from bench.setting_kinds import DEFAULT_SETTING, SETTING_KINDS, SETTINGS
+from bench.validation import invalid
 from bench.yaml_file import read_yaml
 
 #: seeds must fit numpy's and torch's generators (2**32 - 1); negative seeds are refused
@@ -361,62 +361,6 @@ class Protocol(Section):
         return 0.25 if self.folds == 1 else None
 
 
-def _location(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if part not in ("function-after",))
-
-
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the section at ``loc`` (for did-you-mean hints)."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        annotation = field.annotation if field else None
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        current = next((c for c in candidates if isinstance(c, type)
-                        and issubclass(c, BaseModel)), None)
-    return list(getattr(current, "model_fields", {}))
-
-
-def _describe(error: dict) -> tuple[str, str]:
-    loc = tuple(error["loc"])
-    field = _location(loc)
-    if error["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        known = _known_keys(Protocol, loc)
-        hint = difflib.get_close_matches(key, known, n=1)
-        reason = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        if known:
-            reason += f"; allowed: {', '.join(known)}"
-        return field, reason
-    reason = error["msg"].removeprefix("Value error, ")
-    if error["type"] != "missing" and not isinstance(error.get("input"), (dict, list)):
-        reason += f" (got {error['input']!r})"
-    return field, reason
-
-
-def first_error(errors: list[dict]) -> dict:
-    """The validation error to report, of pydantic's list.
-
-    A misspelt required key gives two errors, the missing key first (``methods: Field
-    required``) and the unknown one after; the unknown key is the one to report (with its
-    did-you-mean hint) when it is close to a key missing at the same level.
-    """
-    missing: dict[tuple, list[str]] = {}
-    for error in errors:
-        if error["type"] == "missing":
-            loc = tuple(error["loc"])
-            missing.setdefault(loc[:-1], []).append(str(loc[-1]))
-    for error in errors:
-        if error["type"] == "extra_forbidden":
-            loc = tuple(error["loc"])
-            if difflib.get_close_matches(str(loc[-1]), missing.get(loc[:-1], []), n=1):
-                return error
-    return errors[0]
-
-
 def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
     """Validate a parsed YAML document; raise BenchError naming the first bad field."""
     if not isinstance(data, dict):
@@ -424,8 +368,7 @@ def parse_protocol(data: Any, source: str = "<protocol>") -> Protocol:
     try:
         return Protocol.model_validate(data)
     except ValidationError as error:
-        field, reason = _describe(first_error(error.errors()))
-        raise BenchError(reason, source=source, field=field) from None
+        raise invalid(error, Protocol, source=source) from None
 
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:

@@ -9,35 +9,20 @@ file cannot change a table.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from bench.analysis.stats import format_interval
+from bench.atomic import write_text
 
 ID_COLUMNS = ["protocol", "dataset", "split", "method", "seed", "model", "metric", "value"]
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write via a temp file + rename so a kill never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException as error:
-        # a full disk or a kill mid-write: the previous file stays whole, no temp file stays
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:
-            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
-        raise
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=1, sort_keys=True))
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_json(path: Path) -> dict | None:
@@ -63,7 +48,7 @@ def write_table(path: Path, rows: list[dict]) -> None:
     ordered = ID_COLUMNS + [c for c in frame.columns if c not in ID_COLUMNS]
     frame = frame[ordered].sort_values(["dataset", "split", "method", "seed", "model",
                                         "metric"], kind="stable")
-    write_text_atomically(path, frame.to_csv(index=False))
+    write_text(path, frame.to_csv(index=False))
 
 
 def summary_table(frame: pd.DataFrame, *, model: str, metrics: list[str],

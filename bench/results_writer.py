@@ -15,11 +15,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bench import plugins
+from bench.atomic import write_text
 from bench.errors import BenchError
 from bench.jobs import completed_results
 from bench.keys import JobKey
 from bench.plan import Plan
-from bench.results import read_json, write_json, write_table, write_text_atomically
+from bench.results import read_json, write_json, write_table
 from bench.results_source import read_protocol_copy, rows_of
 from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
 from bench.splits.named import NamedSplit
@@ -65,7 +66,7 @@ class ResultsWriter:
         """Keep the protocol as first run beside its results (after inputs proved loadable)."""
         copy = confined(self.dir, "protocol.yaml")
         if not copy.is_file():
-            write_text_atomically(copy, self.plan.protocol_text)
+            write_text(copy, self.plan.protocol_text)
         if not confined(self.dir, "plugins.json").is_file():
             write_json(confined(self.dir, "plugins.json"), plugins.signature(self.plan.plugins))
 
@@ -101,7 +102,7 @@ class ResultsWriter:
         rows = rows_of(self.stored)
         if rows:
             write_table(confined(self.dir, "results.csv"), rows)
-        write_text_atomically(confined(self.dir, "summary.md"), self.summary(rows))
+        write_text(confined(self.dir, "summary.md"), self.summary(rows))
 
     def summary(self, rows: list[dict]) -> str:
         return summary(self.plan, rows, states=self.states, splits=self.splits,

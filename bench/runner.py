@@ -24,8 +24,8 @@ from bench.pool import DatasetContext, load_pool
 from bench.protocol import DatasetSpec
 from bench.results_writer import ResultsWriter
 from bench.scheduler import Schedule, Scheduler
-from bench.search import open_storage
 from bench.state import delete_protocol_studies
+from bench.storage import open_storage
 
 
 @dataclass

@@ -15,14 +15,12 @@ Rules enforced here, beyond what optuna does itself:
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -44,66 +42,6 @@ class TrialFailed(RuntimeError):
 
 class MethodFailed(RuntimeError):
     """More than ``max_failures`` trials failed: the method is reported as failed."""
-
-
-def open_storage(url: str, *, heartbeat: int = 10, grace: int = 30) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats, so trials of a dead process are detected and failed."""
-    from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
-
-    from bench.state import storage_state_error
-
-    shown, url = url, storage_driver_url(url)
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    _make_sqlite_folder(url)
-    for attempt in range(20):
-        try:
-            with warnings.catch_warnings():  # heartbeats: "experimental", stable since 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=heartbeat,
-                                                  grace_period=grace)
-        except (OperationalError, IntegrityError) as error:
-            # Two processes creating the same new SQLite schema at once: one wins, retry.
-            if attempt == 19 or not _retryable(error):
-                raise storage_state_error(error, shown) from None
-            time.sleep(0.25 * (attempt + 1))
-        except DatabaseError as error:  # not a database, or a damaged one: exit 3, one line
-            raise storage_state_error(error, shown) from None
-    raise AssertionError("unreachable")
-
-
-def _make_sqlite_folder(url: str) -> None:
-    """SQLite creates a missing database file but not its folder: create that too, so a
-    `bench worker --storage sqlite:///RESULTS/<name>/study.db` started at the same moment as the
-    `bench run` that will create RESULTS/<name>/ joins it instead of failing on a race."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - a bad URL is reported by RDBStorage below
-        return
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return
-    try:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # an unwritable place: RDBStorage's own one-line error (exit 3) says so
-
-
-def storage_driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the `postgres` extra installs psycopg2."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _retryable(error: Exception) -> bool:
-    """A race between processes creating the schema (worth a retry), not a damaged file."""
-    from sqlalchemy.exc import IntegrityError
-
-    text = str(getattr(error, "orig", error)).lower()
-    return isinstance(error, IntegrityError) or any(
-        word in text for word in ("locked", "already exists", "unique constraint", "busy"))
 
 
 def fail_stale(study: optuna.Study) -> None:

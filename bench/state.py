@@ -33,7 +33,7 @@ def _reason(error: BaseException) -> str:
 
 def storage_state_error(error: BaseException, url: str) -> StateError:
     """A StateError naming the storage (a SQLite file: its path) and the cause."""
-    where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else _redact(url)
+    where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact(url)
     return StateError(f"{ADVICE} ({_reason(error)})", source=where)
 
 
@@ -45,7 +45,7 @@ def storage_error_line(error: BaseException, args: Any) -> str | None:
     return str(storage_state_error(error, url))
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password (never print a credential)."""
     try:
         from sqlalchemy.engine import make_url
@@ -53,49 +53,6 @@ def _redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown by scheme only
         return url.split(":", 1)[0] + "://..."
-
-
-SUPPORTED_BACKENDS = ("sqlite", "postgresql", "mysql")
-
-
-def check_storage_url(url: str | None, *, field: str = "--storage") -> None:
-    """Refuse, before any work or write, a ``--storage`` URL optuna cannot open here: not a
-    database URL, a scheme other than sqlite/postgresql/mysql, an async or missing driver,
-    SQLite without a file. BenchError (bad input, exit 2)."""
-    if url is None:
-        return
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    from bench.search import storage_driver_url
-
-    shown = _redact(url)
-    try:
-        parsed = make_url(storage_driver_url(url))
-    except ArgumentError:
-        raise BenchError(f"{shown!r} is not a database URL (e.g. sqlite:///PATH/study.db or "
-                         "postgresql://user@host/db)", field=field) from None
-    backend = parsed.get_backend_name()
-    if backend not in SUPPORTED_BACKENDS:
-        raise BenchError(f"unsupported storage scheme {parsed.drivername!r} in {shown!r} "
-                         f"(supported: {', '.join(SUPPORTED_BACKENDS)})", field=field)
-    try:
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError:
-        raise BenchError(f"unknown database driver {parsed.drivername!r} in {shown!r}",
-                         field=field) from None
-    if getattr(dialect, "is_async", False):
-        raise BenchError(f"driver {parsed.get_driver_name()!r} is asynchronous; optuna needs a "
-                         f"synchronous one (e.g. {backend}+psycopg2)", field=field)
-    try:
-        dialect.import_dbapi()
-    except ImportError as error:
-        raise BenchError(f"the {parsed.get_driver_name()!r} driver for {backend} is not "
-                         f"installed ({error}); install it (PostgreSQL: pip install "
-                         "'bench[postgres]')", field=field) from None
-    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise BenchError("an in-memory SQLite storage cannot be shared or resumed: give a file, "
-                         "sqlite:///PATH/study.db", field=field)
 
 
 def check_grace(grace: int | None, *, field: str = "--grace") -> None:

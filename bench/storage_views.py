@@ -16,8 +16,9 @@ from bench.keys import JobKey, StudyKey, method_studies
 from bench.plan import Plan, pick_device
 from bench.results_writer import ResultsWriter
 from bench.scheduler import MethodState
-from bench.search import counts, open_storage
+from bench.search import counts
 from bench.splits.named import NamedSplit
+from bench.storage import open_storage
 
 
 def open_checked(plan: Plan, storage_url: str) -> Any:

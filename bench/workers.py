@@ -53,7 +53,8 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from bench.state import check_grace, check_storage_url
+    from bench.state import check_grace
+    from bench.storage import check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
@@ -70,7 +71,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from bench.state import check_grace, check_storage_url
+    from bench.state import check_grace
+    from bench.storage import check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
@@ -116,7 +118,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.state import check_grace, check_storage_url
+    from bench.state import check_grace
+    from bench.storage import check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)
@@ -140,7 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from bench.state import check_grace, check_storage_url
+    from bench.state import check_grace
+    from bench.storage import check_storage_url
 
     check_grace(getattr(args, "grace", None))
     check_storage_url(args.storage)

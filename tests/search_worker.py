@@ -18,7 +18,8 @@ import optuna
 
 from bench.keys import Outcome
 from bench.protocol import BudgetSpec, SearchDimension
-from bench.search import TrialFailed, open_storage, search_step
+from bench.search import TrialFailed, search_step
+from bench.storage import open_storage
 
 SPACE = {"x": SearchDimension(type="float", low=0.0, high=1.0),
          "n": SearchDimension(type="int", low=1, high=5)}

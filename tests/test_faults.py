@@ -59,6 +59,7 @@ from conftest import TINY_PROTOCOL
 from optuna.trial import TrialState
 from PIL import Image
 
+import bench.atomic
 import bench.jobs
 import bench.results
 import bench.runner
@@ -66,10 +67,10 @@ import bench.scheduler
 import bench.search
 import bench.units
 from bench import methods as methods_module
+from bench.atomic import write_text
 from bench.cli import main
 from bench.methods.pml_loss import PmlLoss
-from bench.results import write_text_atomically
-from bench.search import open_storage
+from bench.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE = "4"  # seconds without heartbeat before a killed process's trial is failed
@@ -533,8 +534,9 @@ def test_image_corrupted_in_search_phase_then_restored_gives_undisturbed_table(
 
 
 class FullDisk:
-    """Stands in for ``os`` inside bench.results: after ``allowed`` files were opened for
-    writing, a write stores half its text, then fails with ENOSPC (as a full disk does)."""
+    """Stands in for ``os`` inside bench.atomic: after ``allowed`` text files were opened for
+    writing, a write stores half its text, then fails with ENOSPC (as a full disk does).
+    Binary files (embeddings, the cache) are written as usual."""
 
     def __init__(self, allowed: int) -> None:
         self.allowed, self.opened, self.failed = allowed, 0, 0
@@ -542,8 +544,10 @@ class FullDisk:
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
-    def fdopen(self, fd: int, *args: Any, **kwargs: Any):
-        handle = os.fdopen(fd, *args, **kwargs)
+    def fdopen(self, fd: int, mode: str = "r", *args: Any, **kwargs: Any):
+        handle = os.fdopen(fd, mode, *args, **kwargs)
+        if "b" in mode:
+            return handle
         self.opened += 1
         return handle if self.opened <= self.allowed else Filling(handle, self)
 
@@ -579,7 +583,7 @@ def test_full_disk_keeps_files_whole_and_storage_complete(glyphs_reference, tmp_
     protocol = write_protocol_file(tmp_path, GLYPHS)
     results = tmp_path / "results"
     disk = FullDisk(allowed=7)  # protocol copy + one method's 3 run files, table, summary + 1
-    monkeypatch.setattr(bench.results, "os", disk)
+    monkeypatch.setattr(bench.atomic, "os", disk)
     outcome = run_outcome(protocol, results)
     assert disk.failed == 1 and outcome != 0, "the run must stop on the full disk"
     if isinstance(outcome, OSError):
@@ -588,7 +592,7 @@ def test_full_disk_keeps_files_whole_and_storage_complete(glyphs_reference, tmp_
     assert 1 <= len(list((results / "tiny" / "runs").glob("**/*.json"))) < 6
     url = storage_of(results)
     assert completed_jobs(url) == JOBS_DONE
-    monkeypatch.setattr(bench.results, "os", os)  # space freed
+    monkeypatch.setattr(bench.atomic, "os", os)  # space freed
     elsewhere = tmp_path / "rebuilt"
     assert main(["rebuild", str(protocol), "--storage", url, "--results", str(elsewhere)]) == 0
     pd.testing.assert_frame_equal(table(elsewhere), reference)
@@ -604,7 +608,7 @@ def test_full_disk_keeps_files_whole_and_storage_complete(glyphs_reference, tmp_
 def test_full_disk_is_a_one_line_error(write_protocol, tmp_path: Path, monkeypatch,
                                        capsys) -> None:
     protocol = write_protocol(GLYPHS)
-    monkeypatch.setattr(bench.results, "os", FullDisk(allowed=0))  # protocol.yaml copy fails
+    monkeypatch.setattr(bench.atomic, "os", FullDisk(allowed=0))  # protocol.yaml copy fails
     capsys.readouterr()
     outcome = run_outcome(protocol, tmp_path / "results")
     assert isinstance(outcome, int) and outcome != 0
@@ -616,9 +620,9 @@ def test_full_disk_is_a_one_line_error(write_protocol, tmp_path: Path, monkeypat
 def test_failed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "results.csv"
     target.write_text("old\n", encoding="utf-8")
-    monkeypatch.setattr(bench.results, "os", FullDisk(allowed=0))
+    monkeypatch.setattr(bench.atomic, "os", FullDisk(allowed=0))
     with pytest.raises(OSError, match="No space left"):
-        write_text_atomically(target, "new,text\n" * 100)
+        write_text(target, "new,text\n" * 100)
     assert target.read_text(encoding="utf-8") == "old\n", "the old file is kept whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
 
@@ -976,7 +980,7 @@ def test_read_only_results_folder_is_one_line_exit_3(write_protocol, tmp_path: P
     def refuse(*args: Any, dir: str = "", **kwargs: Any):  # noqa: A002 - mkstemp's name
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), f"{dir}/.x.tmp")
 
-    mkstemp = bench.results.tempfile.mkstemp
+    mkstemp = bench.atomic.tempfile.mkstemp
 
     def refuse_in_results(*args: Any, dir: str = "", **kwargs: Any):  # noqa: A002
         if str(results) in str(dir):
@@ -986,7 +990,7 @@ def test_read_only_results_folder_is_one_line_exit_3(write_protocol, tmp_path: P
     if os.geteuid() != 0:  # a real read-only folder (root ignores permission bits)
         results.chmod(0o555)
     else:
-        monkeypatch.setattr(bench.results.tempfile, "mkstemp", refuse_in_results)
+        monkeypatch.setattr(bench.atomic.tempfile, "mkstemp", refuse_in_results)
         monkeypatch.setattr("bench.safe_paths.os.access", lambda *a, **k: True)
     try:
         code = main(["run", str(protocol), "--results", str(results), "--no-progress"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.fid import ClassSetFid, class_centroids, fid_fast, fid_of_split, fid_plain
+from bench.fid import ClassSetFid, class_centroids, fid_fast, fid_plain
 
 # (dim, n_a, n_b, scale): full rank, n < d (rank-deficient), tiny sets, d = 1.
 SIZES = [(1, 5, 7, 1.0), (3, 40, 30, 1.0), (16, 40, 30, 1.0), (64, 20, 25, 1.0),
@@ -105,19 +105,14 @@ def test_incremental_engine_matches_fast_after_moves(dim):
             assert engine.side[cls] == to
 
 
-def test_class_centroids_and_fid_of_split():
+def test_class_centroids():
     features = np.array([[0.0, 1.0], [2.0, 3.0], [10.0, 10.0], [4.0, 4.0]], np.float32)
     labels = np.array([5, 5, 9, 2])
     classes, centroids = class_centroids(features, labels)
     assert classes.tolist() == [2, 5, 9]
     assert np.allclose(centroids, [[4, 4], [1, 2], [10, 10]])
     assert centroids.dtype == np.float64
-    rng = np.random.default_rng(0)
-    table = rng.normal(size=(10, 4))
-    assert fid_of_split(table, [0, 1, 2], [3, 4]) == pytest.approx(
-        fid_fast(table[[0, 1, 2]], table[[3, 4]]))
-    with pytest.raises(BenchError, match="at least 2"):
-        fid_of_split(table, [0], [3, 4])
+    table = np.random.default_rng(0).normal(size=(10, 4))
     with pytest.raises(ValueError):
         fid_fast(table[:1], table)
 

@@ -16,7 +16,7 @@ from bench.errors import BenchError
 from bench.methods import method_class
 from bench.methods.base import Method
 from bench.methods.pml_loss import find_class
-from bench.plan import plan_protocol
+from bench.plan import plan_protocol, protocol_plugins
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_a_process_with_other_plugin_versions_is_refused_by_the_study(site, monk
 
     install_example(site, monkeypatch)
     study = optuna.create_study()
-    first = plugins.signature(plugins.protocol_plugins(plan_protocol(
+    first = plugins.signature(protocol_plugins(plan_protocol(
         EXAMPLE / "protocol.yaml").protocol))
     plugins.check_study(study, first, source="p")
     plugins.check_study(study, first, source="p")  # same versions: fine

@@ -48,11 +48,11 @@ from bench.protocol import BudgetSpec, SearchDimension
 from bench.search import (
     SlotSeededSampler,
     fail_stale,
-    open_storage,
     search_step,
     slot_of,
     suggest,
 )
+from bench.storage import open_storage
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

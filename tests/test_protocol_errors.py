@@ -87,4 +87,4 @@ def test_misspelt_required_key_is_reported_as_the_typo(write_protocol) -> None:
     # an unknown key that is not close to the missing one: the missing key is the error
     with pytest.raises(BenchError) as caught:
         parse_protocol({**data, "colour": "red"}, source="p.yaml")
-    assert caught.value.field == "methods" and "Field required" in caught.value.reason
+    assert caught.value.field == "methods" and "missing required field" in caught.value.reason

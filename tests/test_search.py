@@ -115,7 +115,7 @@ def test_sqlite_storage_folder_is_created_so_a_worker_can_start_before_the_run(
         tmp_path: Path) -> None:
     """A `bench worker --storage sqlite:///RESULTS/<name>/study.db` may start before the
     `bench run` that creates RESULTS/<name>/: the storage makes the folder instead of failing."""
-    from bench.search import open_storage
+    from bench.storage import open_storage
 
     db = tmp_path / "results" / "tiny" / "study.db"
     storage = open_storage(f"sqlite:///{db}")

@@ -18,7 +18,7 @@ from conftest import TINY_PROTOCOL
 
 from bench.cli import main
 from bench.keys import StudyKey, protocol_studies
-from bench.search import open_storage
+from bench.storage import open_storage
 from bench.study_protocol import PROTOCOL_HASH
 
 #: the cheapest protocol that still creates a search study and a test-job study

@@ -57,13 +57,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import stats
 
 from bench.analysis.load import default_split, headline_model
+from bench.analysis.numbers import format_number as _num
+from bench.analysis.numbers import format_p as _p
 from bench.analysis.ood import ranking_tau, spearman_trend
 from bench.analysis.stats import holm, paired_test, t_interval
 from bench.analysis.subsets import UNTRAINED, base_metric, is_controlled
 from bench.errors import BenchError
 from bench.evaluate.metric_table import METRICS
-from bench.protocol import first_error
 from bench.setting_kinds import DEFAULT_SETTING, SETTING_KINDS
+from bench.validation import describe, first_error
 from bench.yaml_file import read_yaml
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -258,53 +260,16 @@ def claims_paths(paths) -> list[Path]:
     return found
 
 
-def _location(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif not str(part).startswith("function-"):
-            text += f".{part}" if text else str(part)
-    return text
-
-
 def _describe(error: dict, data: dict) -> tuple[str, str]:
+    """bench.validation's field and reason, plus the id of the claim it is about."""
+    field, reason = describe(error, ClaimsFile, brackets=True)
     loc = tuple(error["loc"])
-    field = _location(loc)
-    if error["type"] == "extra_forbidden":
-        reason = f"unknown key {loc[-1]!r}"
-        known = _known(loc)
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        reason += (f" (did you mean {hint[0]!r}?)" if hint else "")
-        reason += f"; allowed: {', '.join(known)}" if known else ""
-    elif error["type"] == "missing":
-        reason = "missing required field"
-    else:
-        reason = error["msg"].removeprefix("Value error, ")
-        given = error.get("input")
-        if not isinstance(given, (dict, list)) and repr(given) not in reason:
-            reason += f" (got {given!r})"
     if len(loc) >= 2 and loc[0] == "claims" and isinstance(loc[1], int):
         claims = data.get("claims")
         if isinstance(claims, list) and loc[1] < len(claims) and isinstance(claims[loc[1]], dict):
             if claims[loc[1]].get("id"):
                 reason += f" (claim {claims[loc[1]]['id']!r})"
     return field, reason
-
-
-def _known(loc: tuple) -> list[str]:
-    model: type[BaseModel] | None = ClaimsFile
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        info = model.model_fields.get(str(part))
-        if info is None:
-            return []
-        annotation = info.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates
-                      if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return list(model.model_fields) if model else []
 
 
 # -- checking a claim against results --------------------------------------------------------
@@ -675,20 +640,6 @@ def summary_line(verdicts: list[Verdict]) -> str:
 
 def _json_float(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _num(value: float, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _p(value: float, relation: bool = False) -> str:
-    if value is None or math.isnan(value):
-        return "= n/a" if relation else "n/a"
-    if value < 0.001:
-        return "< 0.001"
-    return f"= {value:.3f}" if relation else f"{value:.3f}"
 
 
 VERDICT_COLORS = {HOLDS: "#2b9348", FAILS: "#d00000", INCONCLUSIVE: "#e09f3e"}

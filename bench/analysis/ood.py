@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.analysis.figures import axes as _axes
+from bench.analysis.figures import method_colors
 from bench.analysis.load import default_split
 from bench.analysis.stats import t_interval
 from bench.analysis.subsets import UNTRAINED, controlled_name, is_controlled, spread_name
@@ -149,24 +151,6 @@ def ranking_tau(means_a: pd.Series, means_b: pd.Series) -> float:
 
 
 # -- figures ---------------------------------------------------------------------------------
-
-
-def method_colors(methods) -> dict[str, tuple]:
-    """One stable colour per method (sorted names over matplotlib's tab10/tab20)."""
-    from matplotlib import colormaps
-
-    names = sorted(set(methods))
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def _axes(ax, size=(6.4, 4.0)):
-    if ax is not None:
-        return ax.figure, ax
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
-    return figure, figure.add_subplot()
 
 
 def plot_curves(table: pd.DataFrame, *, dataset: str | None = None, metric: str = PRIMARY,

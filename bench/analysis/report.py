@@ -25,6 +25,7 @@ import pandas as pd
 from bench.analysis import audit as audit_mod
 from bench.analysis import ood, tables
 from bench.analysis.load import default_split, load_results
+from bench.analysis.numbers import format_number, format_p
 from bench.errors import BenchError
 
 PROVENANCE = ["setting", "k", "query_reference", "folds", "backbone", "weights", "device",
@@ -261,11 +262,11 @@ def _audit_section(page: Page, frame: pd.DataFrame, claims) -> None:
                    + audit_mod.summary_line(verdicts) + ".")
     if verdicts:
         shown = audit_mod.verdicts_frame(verdicts)
-        shown["interval"] = [f"[{audit_mod._num(lo)}, {audit_mod._num(hi)}]"
+        shown["interval"] = [f"[{format_number(lo)}, {format_number(hi)}]"
                              for lo, hi in zip(shown["low"], shown["high"], strict=True)]
-        shown["p"] = shown["p_value"].map(audit_mod._p)
+        shown["p"] = shown["p_value"].map(format_p)
         shown["source"] = shown["paper"] + "; " + shown["table"]
-        shown["p (Holm)"] = shown["p_holm"].map(audit_mod._p)
+        shown["p (Holm)"] = shown["p_holm"].map(format_p)
         shown = shown[["id", "verdict", "quantity", "estimate", "interval", "claimed",
                        "effect_size", "p", "p (Holm)", "n", "reason", "source"]]
         page.table(shown, classes={"verdict": VERDICT_CLASS})

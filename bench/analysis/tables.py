@@ -312,7 +312,7 @@ def plot_means(summary: pd.DataFrame, *, metric: str | None = None, key: tuple |
                ax=None):
     """Each method's mean with its 95 % interval as a horizontal error bar, best on top,
     labelled with its compact letters (when ``summary`` has them)."""
-    from bench.analysis.ood import _axes, method_colors
+    from bench.analysis.figures import axes, method_colors
 
     metric = metric or summary["metric"].iloc[0]
     sub = summary[summary["metric"] == metric]
@@ -321,7 +321,7 @@ def plot_means(summary: pd.DataFrame, *, metric: str | None = None, key: tuple |
     for column, value in zip(columns, key, strict=True):
         sub = sub[sub[column] == value]
     sub = sub.sort_values("mean")
-    figure, ax = _axes(ax, size=(6.4, 0.45 * len(sub) + 1.4))
+    figure, ax = axes(ax, size=(6.4, 0.45 * len(sub) + 1.4))
     colors = method_colors(summary["method"])
     positions = np.arange(len(sub))
     for y, row in zip(positions, sub.itertuples(), strict=True):
@@ -344,7 +344,7 @@ def plot_pvalues(pairs: pd.DataFrame, summary: pd.DataFrame, *, metric: str | No
                  key: tuple | None = None, column: str = "p_holm", alpha: float = 0.05, ax=None):
     """Heat map of one group's pairwise Holm-adjusted p-values (methods ordered best first);
     cells at or below ``alpha`` are outlined."""
-    from bench.analysis.ood import _axes
+    from bench.analysis.figures import axes
 
     metric = metric or summary["metric"].iloc[0]
     columns = group_columns(summary)
@@ -357,7 +357,7 @@ def plot_pvalues(pairs: pd.DataFrame, summary: pd.DataFrame, *, metric: str | No
     order = list(sub.sort_values("mean", ascending=False)["method"])
     matrix = pvalue_matrix(pairs[pmask], order, column)
     size = 1.0 + 0.55 * len(order)
-    figure, ax = _axes(ax, size=(size + 1.6, size))
+    figure, ax = axes(ax, size=(size + 1.6, size))
     image = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis_r")
     for i, j in itertools.product(range(len(order)), repeat=2):
         value = matrix.iat[i, j]

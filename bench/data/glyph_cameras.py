@@ -61,9 +61,9 @@ def image(picture: np.ndarray, camera: int) -> np.ndarray:
         "image_size": Option(32, int_in(16, 512), "side of the square RGB images in px"),
         "max_classes": Option(None, optional_positive_int, "keep only the first N code points"),
     },
-    available=glyphs._available,
-    where=glyphs._where,
-    sources=glyphs._sources,
+    available=glyphs.available,
+    where=glyphs.where,
+    sources=glyphs.sources,
     version="glyph-cameras-1",
 )
 def build_glyph_cameras(*, image_size: int = 32, max_classes: int | None = None) -> ImageDataset:
@@ -76,7 +76,7 @@ def build_glyph_cameras(*, image_size: int = 32, max_classes: int | None = None)
     for cp in glyphs.candidate_codepoints():
         if max_classes is not None and len(kept) >= max_classes:
             break
-        block = glyphs._render_class(cp, fonts, image_size)
+        block = glyphs.render_class(cp, fonts, image_size)
         if block is None:
             continue
         kept.append(cp)

@@ -8,7 +8,7 @@ Measured with matplotlib 3.11's fonts and Python 3.11's Unicode 14 database: the
 share 730 code points; 674 of them are letters, numbers or symbols (categories L*, N*, S*; the 56
 others are punctuation, spaces and one format character). No kept glyph renders blank at 16..512
 px, so the dataset has 674 classes and 674 x 16 = 10,784 images. A glyph that did render blank in
-any font would drop its whole class (see ``_render_class``).
+any font would drop its whole class (see ``render_class``).
 """
 
 from __future__ import annotations
@@ -61,18 +61,18 @@ def font_paths() -> list[Path]:
     return [font_dir() / file for _family, _style, file in FONTS]
 
 
-def _available() -> bool:
+def available() -> bool:
     return all(path.is_file() for path in font_paths())
 
 
-def _where() -> str:
+def where() -> str:
     missing = [path.name for path in font_paths() if not path.is_file()]
     if missing:
         return f"needs matplotlib's DejaVu/STIX TTFs in {font_dir()}; missing: {', '.join(missing)}"
     return f"16 DejaVu/STIX TTFs bundled with matplotlib in {font_dir()}"
 
 
-def _sources(_options: Mapping[str, Any]) -> dict[str, str]:
+def sources(_options: Mapping[str, Any]) -> dict[str, str]:
     from bench.data.cache import file_sha256
 
     return {f"font:{path.name}": file_sha256(path) for path in font_paths()}
@@ -125,7 +125,7 @@ def _fit(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return max(1, int(shape[0] * scale)), max(1, int(shape[1] * scale))
 
 
-def _render_class(cp: int, fonts: list[ImageFont.FreeTypeFont], size: int) -> np.ndarray | None:
+def render_class(cp: int, fonts: list[ImageFont.FreeTypeFont], size: int) -> np.ndarray | None:
     """One grey image per font, or None when any font's render is blank (drops the class)."""
     renders = [_render(chr(cp), font, size) for font in fonts]
     if any(int(render.min()) >= INK_LEVEL for render in renders):
@@ -141,9 +141,9 @@ def _render_class(cp: int, fonts: list[ImageFont.FreeTypeFont], size: int) -> np
         "image_size": Option(64, int_in(16, 512), "side of the square RGB images in px"),
         "max_classes": Option(None, optional_positive_int, "keep only the first N code points"),
     },
-    available=_available,
-    where=_where,
-    sources=_sources,
+    available=available,
+    where=where,
+    sources=sources,
     version="glyphs-3",
 )
 def build_glyphs(*, image_size: int = 64, max_classes: int | None = None) -> ImageDataset:
@@ -156,7 +156,7 @@ def build_glyphs(*, image_size: int = 64, max_classes: int | None = None) -> Ima
     for cp in candidate_codepoints():
         if max_classes is not None and len(kept) >= max_classes:
             break
-        block = _render_class(cp, fonts, image_size)
+        block = render_class(cp, fonts, image_size)
         if block is None:
             dropped.append(f"U+{cp:04X}")
             continue

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+import bench.data.cache as _cache
 from bench import plugins
-from bench.data import cache as _cache
 from bench.data.records import ImageDataset, default_class_split
 from bench.errors import BenchError
 

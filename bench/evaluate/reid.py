@@ -39,8 +39,8 @@ from bench.evaluate.retrieval import (
     encode_labels,
     grouped_neg_sq_distance,
     to_numpy,
-    unique_rows,
 )
+from bench.evaluate.rows import unique_rows
 
 SOURCE = "evaluate_reid"
 DEFAULT_CHUNK = 256

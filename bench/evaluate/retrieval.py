@@ -23,6 +23,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from bench.errors import BenchError
 from bench.evaluate.label_dtype import align_integers
+from bench.evaluate.rows import unique_rows
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], Any]
 """``score_fn(query_block, reference) -> (len(query_block), len(reference)) scores``, higher =
@@ -159,19 +160,6 @@ def _lowest_index_top_k(scores: np.ndarray, kth: np.ndarray, k: int) -> np.ndarr
     need = k - np.count_nonzero(take, axis=1)
     take |= tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need[:, None])
     return np.nonzero(take)[1].reshape(len(scores), k)
-
-
-def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct embeddings and, per row, the index of its distinct embedding.
-
-    Needed because BLAS-based distances (faiss's included) can give bit-identical embeddings
-    slightly different distances to the same query; computing each distinct vector once and
-    broadcasting makes duplicates tie exactly, so the lower-index rule applies to them.
-    """
-    rows = np.ascontiguousarray(x + np.float32(0.0))  # -0.0 -> 0.0: equal values, equal bytes
-    keys = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return rows[first], inverse.reshape(-1)
 
 
 def grouped_neg_sq_distance(unique: np.ndarray, inverse: np.ndarray) -> ScoreFn:

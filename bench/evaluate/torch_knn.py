@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.evaluate.retrieval import unique_rows
+from bench.evaluate.rows import unique_rows
 
 
 def torch_neighbours(query: np.ndarray, reference: np.ndarray, k: int,

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from bench.errors import BenchError
 from bench.methods.base import Batch, Embed, Method, ScoreFn, TrainData
+from bench.validation import invalid
 
 #: rows of the gallery mapped through h per forward pass in ``score_fn`` (bounds device memory)
 _MAP_CHUNK = 4096
@@ -159,10 +160,7 @@ class DIMN(Method):
         try:
             return DIMNParams.model_validate(params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+            raise invalid(error, DIMNParams, source=source, prefix=field) from None
 
     @staticmethod
     def check_m_per_class(m_per_class: int, *, source: str = "<protocol>") -> None:

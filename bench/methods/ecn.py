@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from bench.errors import BenchError
 from bench.methods.base import Batch, Embed, Method, TrainData
+from bench.validation import invalid
 
 
 class EcnParams(BaseModel):
@@ -109,10 +109,7 @@ class ECN(Method):
         try:
             parsed = EcnParams.model_validate(params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = str(first["loc"][0]) if first["loc"] else ""
-            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+            raise invalid(error, EcnParams, source=source, prefix=field) from None
         return parsed
 
     def __init__(self, params: EcnParams, *, num_classes: int, embedding_size: int) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from bench import plugins
 from bench.errors import BenchError
 from bench.methods.base import Batch, Method
+from bench.validation import invalid
 
 
 def _classes_of(module: Any, base: type) -> dict[str, type]:
@@ -104,10 +105,7 @@ class PmlLoss(Method):
         try:
             parsed = PmlLossParams.model_validate(params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+            raise invalid(error, PmlLossParams, source=source, prefix=field) from None
         find_class("losses", parsed.loss, source=source, field=f"{field}.loss")
         if parsed.miner is not None:
             find_class("miners", parsed.miner, source=source, field=f"{field}.miner")

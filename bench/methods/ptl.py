@@ -10,9 +10,9 @@ from pytorch_metric_learning import losses, miners, reducers
 from torch import nn
 from torch.nn import functional as F
 
-from bench.errors import BenchError
 from bench.methods.base import Batch, Embed, Method, TrainData
 from bench.models.bconv import BConvStream, build_ptl_model, reset_states
+from bench.validation import invalid
 
 
 class PTLParams(BaseModel):
@@ -107,13 +107,7 @@ class PTL(Method):
         try:
             return PTLParams.model_validate(params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            if not key:  # model-level check: the message starts with the key it is about
-                text = str(first.get("ctx", {}).get("error", first["msg"]))
-                key, _, reason = text.partition(": ")
-            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+            raise invalid(error, PTLParams, source=source, prefix=field) from None
 
     def __init__(self, params: PTLParams, *, num_classes: int, embedding_size: int) -> None:
         self.params = params

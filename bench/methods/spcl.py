@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from bench.errors import BenchError
 from bench.methods.base import Batch, Embed, Method, TrainData
 from bench.models.dsbn import convert_dsbn, evaluate_as, use_domain
+from bench.validation import invalid
 
 
 class SpCLParams(BaseModel):
@@ -258,10 +259,7 @@ class SpCL(Method):
         try:
             parsed = SpCLParams.model_validate(params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise BenchError(reason, source=source, field=f"{field}.{key}") from None
+            raise invalid(error, SpCLParams, source=source, prefix=field) from None
         if parsed.eps - parsed.eps_gap <= 0:
             raise BenchError(f"eps - eps_gap must be positive (tight DBSCAN radius); got "
                              f"{parsed.eps} - {parsed.eps_gap}", source=source,

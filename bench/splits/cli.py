@@ -45,14 +45,14 @@ def format_table(document: dict[str, Any]) -> str:
 
 def _split_options(texts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """--option values -> (sequence parameters, dataset options)."""
-    from bench.cli import _parse_option
+    from bench.cli_options import parse_option
     from bench.splits.fid_sequence import SequenceParams
 
     names = {f.name for f in dataclasses.fields(SequenceParams)}
     params: dict[str, Any] = {}
     dataset: dict[str, Any] = {}
     for text in texts:
-        key, value = _parse_option(text)
+        key, value = parse_option(text)
         (params if key in names else dataset)[key] = value
     return params, dataset
 

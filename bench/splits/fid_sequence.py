@@ -30,8 +30,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.atomic import atomic_write
 from bench.errors import BenchError
 from bench.fid import EPS, REMOVED, TEST, TRAIN, ClassSetFid
 
 FORMAT = "bench-splits/1"
-STAGES = ("easier", "default", "swap", "removal")
 # Up to this many classes, the sequence runs with single-threaded BLAS (see _blas_threads).
 SINGLE_THREAD_CLASSES = 2048
 
@@ -298,12 +296,9 @@ def _jsonable(value: Any) -> Any:
 def write_split_file(document: dict[str, Any], path: str | Path) -> Path:
     """Write atomically (temporary file + rename), 2-space indented, trailing newline."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:  # no half file, and no temp file on failure
         json.dump(document, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
-    os.replace(tmp, path)
     return path
 
 
