@@ -4,7 +4,7 @@ A *group* is one (setting, dataset, split): methods are only compared with metho
 the same data under the same rules. Within a group and metric:
 
 - each method's value is the mean over reproductions (seeds) with its 95 % t-interval;
-- methods are ranked by that mean (1 = best; every metric here is higher-is-better);
+- methods are ranked by that mean (1 = best, in the metric table's direction);
 - every pair of methods is compared on the seeds both have (paired t-test and Wilcoxon
   signed-rank test on the per-seed differences); the p-values of one group and metric form one
   family and are Holm-corrected; the chosen test's corrected decisions become a compact letter
@@ -27,7 +27,7 @@ import pandas as pd
 from bench.analysis.load import headline_model
 from bench.analysis.stats import compact_letters, holm, paired_test, t_interval
 from bench.errors import BenchError
-from bench.evaluate.metric_table import DEFAULT_COLUMNS, METRICS, SHORT
+from bench.evaluate.metric_table import BY_NAME, DEFAULT_COLUMNS, METRICS, SHORT
 
 #: pairs of methods need this many paired units to be marked different (as bench audit's MIN_N)
 MIN_PAIRED = 3
@@ -96,7 +96,10 @@ def summarize(frame: pd.DataFrame, *, model: str | None = None, metrics: list[st
                     "low": mean - half, "high": mean + half,
                     "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan})
     summary = pd.DataFrame(out)
-    summary["rank"] = (summary.groupby([*groups, "metric"])["mean"]
+    # the table's direction: a lower-is-better metric ranks its smallest mean first
+    better = summary["mean"] * summary["metric"].map(
+        lambda m: 1 if m not in BY_NAME or BY_NAME[m].higher_is_better else -1)
+    summary["rank"] = (better.groupby([summary[c] for c in [*groups, "metric"]])
                        .rank(ascending=False, method="min", na_option="bottom")
                        .astype(int))  # a NaN mean (no value) ranks last, never first
     order = {m: i for i, m in enumerate(metrics)}

@@ -21,25 +21,23 @@ class Metric:
     #: gallery across cameras, Market-1501 rules (uda, dg)
     needs: str
     higher_is_better: bool = True
-    #: in the default table of `bench compare` (in this order within its family)
-    default: bool = False
     #: computed only when the protocol asks (``evaluation.<switch>``)
     switch: str | None = None
 
 
 TABLE: tuple[Metric, ...] = (
-    Metric("precision_at_1", "P@1", "retrieval", default=True),
-    Metric("r_precision", "R-Prec", "retrieval", default=True),
-    Metric("mean_average_precision_at_r", "MAP@R", "retrieval", default=True),
+    Metric("precision_at_1", "P@1", "retrieval"),
+    Metric("r_precision", "R-Prec", "retrieval"),
+    Metric("mean_average_precision_at_r", "MAP@R", "retrieval"),
     Metric("recall_at_1", "R@1", "retrieval"),
     Metric("recall_at_2", "R@2", "retrieval"),
     Metric("recall_at_4", "R@4", "retrieval"),
     Metric("recall_at_8", "R@8", "retrieval"),
-    Metric("nmi", "NMI", "retrieval", default=True, switch="nmi"),
-    Metric("cmc_1", "R1", "reid", default=True),
-    Metric("cmc_5", "R5", "reid", default=True),
-    Metric("cmc_10", "R10", "reid", default=True),
-    Metric("mAP", "mAP", "reid", default=True),
+    Metric("nmi", "NMI", "retrieval", switch="nmi"),
+    Metric("cmc_1", "R1", "reid"),
+    Metric("cmc_5", "R5", "reid"),
+    Metric("cmc_10", "R10", "reid"),
+    Metric("mAP", "mAP", "reid"),
 )
 BY_NAME = {m.name: m for m in TABLE}
 DML_METRICS: tuple[str, ...] = tuple(m.name for m in TABLE if m.needs == "retrieval")
@@ -48,7 +46,8 @@ METRICS: tuple[str, ...] = DML_METRICS + REID_METRICS
 SHORT = {m.name: m.short for m in TABLE}
 #: the validation / headline metric when a protocol names none
 DEFAULT_PRIMARY = {"retrieval": "mean_average_precision_at_r", "reid": "mAP"}
-#: `bench compare`'s default columns: the primary metric first, so it ranks the methods
+#: the default columns of bench.analysis.tables (`bench report`): the primary metric first,
+#: so it ranks the methods
 DEFAULT_COLUMNS = {"retrieval": ["mean_average_precision_at_r", "precision_at_1",
                                  "r_precision", "nmi"],
                    "reid": ["mAP", "cmc_1", "cmc_5", "cmc_10"]}
