@@ -131,6 +131,8 @@ def cmd_datasets_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every sub-command's arguments. Long because it is a flat list of argparse declarations
+    (run, validate, datasets ...); the other command groups add their own parsers."""
     parser = argparse.ArgumentParser(prog="bench", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
