@@ -1,7 +1,7 @@
 """Lay studies out for optuna-dashboard (``optuna-dashboard sqlite:///results/<name>/study.db``).
 
-Study names stay as they are (``<protocol>:<pool>:<method>:<split>`` for a search and
-``...:test:<digest>`` for its test jobs; issue 13 re-keys them later); what is added here is
+Study names are bench.keys.StudyKey's (``<protocol>:<pool>:<method>:<split>`` for a search and
+``...:test:<digest>`` for its test jobs); what is added here is
 what the dashboard shows beside them: the objective's name (``set_metric_names``) and study
 user attributes saying which method, implementation, split, phase and search space a study is.
 Trials already carry their fold scores, standard error, best iterations and, when failed, the

@@ -97,6 +97,19 @@ class JobKey:
             raise ValueError(f"not a bench job: {text!r}")
         return cls(split, int(seed[4:]))
 
+    @property
+    def run_stem(self) -> str:
+        """The job's files in ``runs/<pool>/<method>/<split>/``: ``seed<N>.json`` and the
+        saved embeddings and checkpoints beside it."""
+        return f"seed{self.seed}"
+
+    @staticmethod
+    def seed_of(file_name: str) -> int | None:
+        """The seed of a job's file name (``seed3.json``, ``seed3.embeddings.npz``)."""
+        stem = file_name.split(".")[0]
+        digits = stem.removeprefix("seed")
+        return int(digits) if stem.startswith("seed") and digits.isdigit() else None
+
 
 def protocol_studies(storage: Any, protocol: str) -> list[StudyKey]:
     """The keys of ``protocol``'s studies in ``storage`` (other names are ignored)."""

@@ -93,7 +93,7 @@ class ResultsWriter:
         self.stored.setdefault((pool, method), {}).update(results)
         for job, result in results.items():
             key = JobKey.parse(job)
-            path = confined(self.dir, "runs", pool, method, key.split, f"seed{key.seed}.json")
+            path = confined(self.dir, "runs", pool, method, key.split, f"{key.run_stem}.json")
             if read_json(path) != result:
                 write_json(path, result)
 

@@ -63,13 +63,13 @@ def check_grace(grace: int | None, *, field: str = "--grace") -> None:
 
 
 def delete_protocol_studies(storage: Any, protocol: str) -> list[str]:
-    """``--fresh`` with a shared ``--storage``: delete this protocol's studies (named
-    ``<protocol>:...``) and no other; returns their names."""
+    """``--fresh`` with a shared ``--storage``: delete this protocol's studies (bench.keys
+    names) and no other; returns their names."""
     import optuna
 
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage,
-                                                                  include_best_trial=False)
-             if s.study_name.startswith(f"{protocol}:")]
+    from bench.keys import protocol_studies
+
+    names = [str(key) for key in protocol_studies(storage, protocol)]
     for name in names:
         try:
             optuna.delete_study(study_name=name, storage=storage)

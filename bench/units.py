@@ -87,7 +87,7 @@ class Units:
         sink: dict[str, list] = {}
         metrics = evaluate_test(self.p, ctx.ds, ctx.inputs, ctx.layout, split.test,
                                 results, seed=job.seed, device=self.device, sink=sink)
-        self.save_artifacts(split, job.seed, results, sink)
+        self.save_artifacts(split, job, results, sink)
         provenance = self.provenance(job.seed, values, results, folds)
         rows = [{"protocol": self.p.name, "dataset": ctx.name, "split": split.id,
                  "method": spec.name, "seed": job.seed, "model": model, "metric": metric,
@@ -129,16 +129,16 @@ class Units:
                  for model, found in extra.items() for metric, value in found.items()]
         return record
 
-    def save_artifacts(self, split: NamedSplit, seed: int, results,
+    def save_artifacts(self, split: NamedSplit, job: JobKey, results,
                        sink: dict[str, list]) -> None:
         """Test embeddings (and checkpoints when asked) beside the job's run file."""
         from bench.run_artifacts import save_run_artifacts
 
         ctx = self.ctx
         run_file = confined(self.results_dir, "runs", ctx.name, self.spec.name, split.id,
-                            f"seed{seed}.json")
+                            f"{job.run_stem}.json")
         save_run_artifacts(run_file, self.p, ctx.ds, ctx.layout, split.test, results, sink,
-                           seed=seed, method=self.spec.name)
+                           seed=job.seed, method=self.spec.name)
 
     def provenance(self, seed: int, values: dict[str, Any], results,
                    folds: list[ClassSplit]) -> dict[str, Any]:

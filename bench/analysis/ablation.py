@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.stats import paired_test
+from bench.keys import JobKey
 
 AUDIT_COLUMNS = ("clusters", "outliers", "purity", "nmi", "ari")
 
@@ -57,7 +58,7 @@ def read_pseudo_labels(runs: Path, dataset: str, method: str) -> pd.DataFrame:
     rows = []
     for path in sorted((runs / dataset / method).glob("*/seed*.json")):
         record = json.loads(path.read_text())
-        seed = int(path.stem.removeprefix("seed"))
+        seed = JobKey.seed_of(path.name)
         rows += [{"seed": seed, **entry} for entry in record.get("pseudo_labels", [])]
     return pd.DataFrame(rows)
 

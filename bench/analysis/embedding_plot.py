@@ -15,6 +15,7 @@ import pandas as pd
 from bench import embeddings
 from bench.errors import BenchError
 from bench.evaluate.metric_table import headline_model
+from bench.keys import JobKey
 
 TOP = 3
 CLASSES = 10
@@ -33,7 +34,7 @@ def find_embeddings(results_dir: Path, dataset: str, method: str, split: str
     """The lowest seed's saved embeddings of one method, or None when there are none/unreadable."""
     folder = results_dir / "runs" / dataset / method / split
     files = sorted(folder.glob(f"seed*{embeddings.SUFFIX}"),
-                   key=lambda p: int(p.name.split(".")[0].removeprefix("seed") or 0))
+                   key=lambda p: JobKey.seed_of(p.name) or 0)
     for path in files:
         try:
             return embeddings.load(path)
