@@ -161,9 +161,3 @@ def evaluate(saved: SavedEmbeddings, *, recall_ks: tuple[int, ...] = (1, 2, 4, 8
         out["concatenated"] = metrics(saved.concatenated("query"),
                                       saved.concatenated("gallery") if saved.reid else None)
     return out
-
-
-def disk_bytes(root: Path) -> tuple[int, int]:
-    """(number of files, total bytes) of saved embeddings under ``root``."""
-    files = list(root.glob(f"**/*{SUFFIX}"))
-    return len(files), sum(f.stat().st_size for f in files)

@@ -32,17 +32,6 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def collect_rows(run_dir: Path) -> list[dict]:
-    """Every row of every run file under ``run_dir``, in a stable order (for reading a results
-    folder by hand; the runner's tables come from the storage, not from this)."""
-    rows: list[dict] = []
-    for path in sorted(run_dir.glob("**/*.json")):
-        record = read_json(path)
-        if record is not None:
-            rows.extend(record.get("rows", []))
-    return rows
-
-
 def write_table(path: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
     ordered = ID_COLUMNS + [c for c in frame.columns if c not in ID_COLUMNS]

@@ -25,8 +25,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-WEIGHTS_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
-
 
 class Block(NamedTuple):
     """One inception block: branch widths; ``c1 = 0`` marks a reduction (stride-2) block."""
