@@ -5,7 +5,8 @@ same loop against the same optuna storage, which hands out search trials and tes
 the trials of dead processes by heartbeat, and holds every result. So a worker is a `bench run`
 that writes no table, summary or run file under results/ (only its jobs' saved test
 embeddings), `status` only reads the storage, and `rebuild` writes the
-results directory from the storage alone.
+results directory from the storage alone (bench.storage_views). This module holds their
+command lines.
 """
 
 from __future__ import annotations
