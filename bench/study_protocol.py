@@ -30,7 +30,7 @@ def stamp(study: Any, plan: Any) -> None:
     if PROTOCOL_HASH not in attrs:
         study.set_user_attr(PROTOCOL_TEXT, plan.protocol_text)
         study.set_user_attr(PROTOCOL_HASH, plan.protocol_hash)
-        return
+        attrs = study.user_attrs  # read back: another protocol's process may have raced us
     check_attrs(study.study_name, attrs, plan)
 
 
