@@ -116,3 +116,40 @@ def test_fresh_deletes_the_protocol_studies_in_a_given_storage(first_run, tmp_pa
     digest = optuna.load_study(study_name=kept[0].study_name, storage=storage).user_attrs[
         PROTOCOL_HASH]
     assert all(s.user_attrs[PROTOCOL_HASH] == digest for s in kept)
+
+
+def test_stamp_writes_once_then_refuses_another_protocol(tmp_path) -> None:
+    """What the scheduler calls on every step of every study."""
+    from types import SimpleNamespace
+
+    from bench.errors import BenchError
+    from bench.study_protocol import PROTOCOL_TEXT, stamp
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
+                                study_name="tiny:glyphs:m:standard")
+    first = SimpleNamespace(protocol_hash="a" * 64, protocol_text="train:\n  iterations: 10\n",
+                            source="first.yaml")
+    stamp(study, first)
+    stamp(study, first)  # the same protocol: accepted on every step
+    assert study.user_attrs[PROTOCOL_HASH] == "a" * 64
+    assert study.user_attrs[PROTOCOL_TEXT] == first.protocol_text
+    other = SimpleNamespace(protocol_hash="b" * 64, protocol_text="train:\n  iterations: 20\n",
+                            source="other.yaml")
+    with pytest.raises(BenchError, match="train.iterations: 10 -> 20") as caught:
+        stamp(study, other)
+    assert caught.value.source == "other.yaml"
+    assert study.user_attrs[PROTOCOL_HASH] == "a" * 64, "the study keeps its protocol"
+
+
+@pytest.mark.parametrize(("old", "new", "said"), [
+    ("a: 1\n", "a: 1  # a comment\n", "comments, layout or the installed plug-in versions"),
+    ("a: 1\n", "a: 1\n", "the installed plug-in versions differ"),
+    ("a: {b: [1, 2]}\n", "a: {b: [1, 3]}\n", "changed a.b.1: 2 -> 3"),
+    ("a: 1\n", "a: 1\nc: x\n", "changed c: (absent) -> 'x'"),
+    ("{a: 1, b: 1, c: 1, d: 1, e: 1, f: 1}", "{a: 2, b: 2, c: 2, d: 2, e: 2, f: 2}",
+     "and 2 more"),
+])
+def test_change_summary(old: str, new: str, said: str) -> None:
+    from bench.study_protocol import change_summary
+
+    assert said in change_summary(old, new)
