@@ -159,11 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "its slot re-run (default: 30)")
     run.add_argument("-j", "--jobs", metavar="N|auto", default=None,
                      help="processes sharing the work on this machine: this one plus N-1 local "
-                     "`bench worker` helpers, the cores split between them; the same trials and jobs "
-                     "as one process, values equal up to float summation order (~5e-4 on quick). "
-                     "Default 1 (or $BENCH_JOBS). auto: one per core (at most 4) for "
-                     "protocols of 16+ training runs whose search is in its seeded random phase "
-                     "(TPE with trials <= 5, or random), else 1")
+                     "`bench worker` helpers; the same trials and jobs as one process. With the "
+                     "protocol's cpu_threads pinned (quick.yaml pins 1) every process computes "
+                     "alike and values are identical; unpinned, the cores are split between the "
+                     "processes and values agree up to float summation order (~5e-4 NMI on "
+                     "quick). Default ($BENCH_JOBS overrides): auto when cpu_threads is pinned, "
+                     "else 1. auto: cores // cpu_threads processes (at most 4) for protocols of "
+                     "16+ training runs whose search is in its seeded random phase (TPE with "
+                     "trials <= 5, or random), else 1")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a protocol file without running it")

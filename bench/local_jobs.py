@@ -7,8 +7,10 @@ process doing other trials is the only way to fill the machine. The helpers are 
 built and cached (so they load them, not build them again); the storage hands out trials and
 test jobs, and the work is the same as in one process: trial k's parameters depend on k
 only while the sampler is in its random start-up phase (``budget.trials`` up to TPE's 5 start-up
-trials), and each training run is seeded by its own seed. Values agree with one process up to
-float summation order (each process has fewer torch threads), so `-j` is opt-in.
+trials), and each training run is seeded by its own seed. A protocol that pins ``cpu_threads`` computes
+alike in every process, so `-j` gives the same values as one process and is its default; without
+it each process has fewer torch threads than one alone, values agree only up to float summation
+order, and `-j` is opt-in.
 """
 
 from __future__ import annotations
@@ -23,17 +25,18 @@ from pathlib import Path
 AUTO_MIN_RUNS = 16
 
 
-def auto_jobs(training_runs: int, budget) -> int:
-    """Processes for `-j auto`: one per core (at most 4) for runs large enough to repay a
-    helper's start-up, 1 otherwise, and 1 when TPE's model phase makes trial values depend on
-    the order trials complete in (``budget.trials`` above TPE's start-up trials)."""
+def auto_jobs(training_runs: int, budget, cpu_threads: int | None = None) -> int:
+    """Processes for `-j auto`: one per core, or per ``cpu_threads`` cores when the protocol
+    pins them (at most 4), for runs large enough to repay a helper's start-up; 1 otherwise,
+    and 1 when TPE's model phase makes trial values depend on the order trials complete in
+    (``budget.trials`` above TPE's start-up trials)."""
     from bench.search import TPE_STARTUP_TRIALS
 
     cores = os.cpu_count() or 1
     order_dependent = budget.sampler == "tpe" and budget.trials > TPE_STARTUP_TRIALS
     if training_runs < AUTO_MIN_RUNS or order_dependent:
         return 1
-    return max(1, min(4, cores))
+    return max(1, min(4, cores // (cpu_threads or 1)))
 
 
 def training_runs(protocol) -> int:
@@ -44,16 +47,17 @@ def training_runs(protocol) -> int:
 
 
 def resolve_jobs(jobs: str | int | None, protocol) -> int:
-    """``-j``: an int or ``auto``; None means ``$BENCH_JOBS`` if set, else 1.
+    """``-j``: an int or ``auto``; None means ``$BENCH_JOBS`` if set, else ``auto`` for a
+    protocol that pins ``cpu_threads`` and 1 for one that does not.
 
-    One process is the default because a process's torch thread count changes float summation
-    order: on the full quick protocol `-j 2` matched `-j 1` rows only to ~5e-4 (same chosen
-    hyperparameters), so a reference table must be re-run with the same `-j` to match exactly.
+    Why the default depends on ``cpu_threads``: a process's thread count changes float summation
+    order (on quick, unpinned, `-j 2` matched `-j 1` only to ~5e-4 in NMI), so without pinned
+    threads more processes would change the numbers; with them every process computes alike.
     """
     if jobs is None:
-        jobs = os.environ.get("BENCH_JOBS") or "1"
+        jobs = os.environ.get("BENCH_JOBS") or ("auto" if protocol.cpu_threads else "1")
     if jobs == "auto":
-        return auto_jobs(training_runs(protocol), protocol.budget)
+        return auto_jobs(training_runs(protocol), protocol.budget, protocol.cpu_threads)
     try:
         value = int(jobs)
     except ValueError:
@@ -65,9 +69,10 @@ def resolve_jobs(jobs: str | int | None, protocol) -> int:
     return value
 
 
-def threads_per_process(jobs: int) -> int:
-    """Torch / BLAS threads each of ``jobs`` processes gets (together: the machine's cores)."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+def threads_per_process(jobs: int, cpu_threads: int | None = None) -> int:
+    """Torch / BLAS threads each of ``jobs`` processes gets: the protocol's ``cpu_threads`` when
+    it pins them, else the machine's cores split between the processes."""
+    return cpu_threads or max(1, (os.cpu_count() or 1) // jobs)
 
 
 def start_helpers(protocol: str | Path, storage: str, results: Path, count: int,

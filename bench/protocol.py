@@ -277,6 +277,12 @@ class Protocol(Section):
     reproductions: int = Field(1, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: torch / BLAS threads of every process that trains and evaluates (`bench run -j N` runs N
+    #: such processes). Values depend on it through float summation order (measured: NMI moved
+    #: by up to 5e-4 between 1 and 2 threads), so a protocol that must give the same numbers on
+    #: any machine and with any `-j` pins it; absent: the machine's cores split between `-j`
+    #: processes. With it pinned `bench run` starts cores // cpu_threads processes by default.
+    cpu_threads: int | None = Field(None, ge=1, le=1024)
     methods: list[MethodSpec] = Field(min_length=1)
     save: SaveSpec = Field(default_factory=SaveSpec)
 

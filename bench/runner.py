@@ -114,11 +114,13 @@ class ProtocolRun:
     def start_helpers(self) -> list:
         """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
         started once the first dataset's inputs are cached; threads split between them."""
-        if self.options.jobs <= 1:
+        if self.options.jobs <= 1 and not self.p.cpu_threads:
             return []
-        threads = threads_per_process(self.options.jobs)
+        threads = threads_per_process(self.options.jobs, self.p.cpu_threads)
         torch.set_num_threads(threads)
         threadpool_limits(limits=threads)
+        if self.options.jobs <= 1:
+            return []
         return start_helpers(self.plan.source, self.storage_url(),
                              self.options.results_root, self.options.jobs - 1, threads)
 

@@ -44,6 +44,13 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
     options = RunOptions(results_root=Path(results), storage=storage, progress=progress,
                          grace=grace, heartbeat=max(1, grace // 3), writes_results=False)
     run = ProtocolRun(plan, options)
+    pinned = plan.protocol.cpu_threads
+    if pinned and threads and threads != pinned:
+        from bench.errors import BenchError
+
+        raise BenchError(f"the protocol pins cpu_threads: {pinned}; --threads {threads} would "
+                         "change its numbers (float summation order)", field="--threads")
+    threads = threads or pinned
     if threads:
         torch.set_num_threads(threads)
     # --threads caps numpy's BLAS and OpenMP pools too: an idle OpenBLAS thread spin-waits and
@@ -180,7 +187,8 @@ def add_worker_parsers(sub) -> None:
         "`bench rebuild` writes the tables).")
     common(worker)
     worker.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads for this worker (default: torch's choice)")
+                        help="torch / BLAS CPU threads for this worker (default: the protocol's "
+                        "cpu_threads if it pins them, else torch's choice)")
     worker.add_argument("--grace", type=int, default=30, metavar="SECONDS",
                         help="heartbeat grace period before a silent trial is failed "
                         "(default: 30)")

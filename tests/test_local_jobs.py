@@ -9,8 +9,9 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.local_jobs import auto_jobs, resolve_jobs, training_runs
+from bench.local_jobs import auto_jobs, resolve_jobs, threads_per_process, training_runs
 from bench.protocol import BudgetSpec, parse_protocol
+from bench.workers import worker_main
 
 SEARCHED = [
     {"name": "contrastive", "params": {"loss": "ContrastiveLoss"},
@@ -39,6 +40,29 @@ def test_auto_jobs_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_jobs("0", protocol)
 
 
+def test_pinned_threads_make_processes_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A protocol that pins cpu_threads computes alike in every process, so `bench run` fills
+    the cores by default; unpinned, one process stays the default."""
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.delenv("BENCH_JOBS", raising=False)
+    base = {"name": "p", "dataset": {"name": "glyphs"}, "folds": 2, "reproductions": 2,
+            "budget": {"trials": 3}, "methods": SEARCHED}
+    assert resolve_jobs(None, parse_protocol(base)) == 1
+    assert resolve_jobs(None, parse_protocol({**base, "cpu_threads": 1})) == 4
+    assert resolve_jobs(None, parse_protocol({**base, "cpu_threads": 2})) == 2
+    assert resolve_jobs(None, parse_protocol({**base, "cpu_threads": 4})) == 1
+    assert threads_per_process(2, 1) == 1 and threads_per_process(2) == 2
+    with pytest.raises(BenchError, match="cpu_threads"):
+        parse_protocol({**base, "cpu_threads": 0})
+
+
+def test_worker_refuses_threads_that_contradict_the_protocol(write_protocol,
+                                                              tmp_path: Path) -> None:
+    protocol = write_protocol({"cpu_threads": 1})
+    with pytest.raises(BenchError, match="pins cpu_threads: 1"):
+        worker_main(str(protocol), f"sqlite:///{tmp_path / 's.db'}", str(tmp_path), threads=2)
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_results(write_protocol, tmp_path: Path) -> None:
     protocol = write_protocol({
@@ -46,6 +70,7 @@ def test_two_processes_give_the_one_process_results(write_protocol, tmp_path: Pa
                   "patience": 3},
         "budget": {"trials": 2, "sampler": "tpe", "seed": 0},
         "methods": SEARCHED,
+        "cpu_threads": 1,  # every process computes alike: -j changes no value
     })
     tables = {}
     for jobs in ("1", "2"):

@@ -112,3 +112,34 @@ def test_proxies_train_in_their_own_group() -> None:
           TrainData(source=toy_inputs(), labels=LABELS), spec, validate=lambda m: 0.0, seed=0,
           device=torch.device("cpu"), progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_multi_tensor_update_matches_the_per_tensor_loop(name: str) -> None:
+    """make_optimizer uses torch's foreach update for speed; it must train to the same bits as
+    torch's per-tensor loop, so recorded references stay reproducible."""
+    from bench.protocol import OptimizerSpec
+    from bench.train import make_optimizer
+
+    spec = OptimizerSpec(name=name, lr=1e-2, weight_decay=1e-4)
+    probe = [torch.zeros(1, requires_grad=True)]
+    assert make_optimizer(spec, [{"params": probe}]).defaults["foreach"] is True
+    x, y = torch.randn(32, 20, generator=torch.Generator().manual_seed(0)), torch.zeros(32, 8)
+    weights = []
+    for optimizer_of in (lambda ps: make_optimizer(spec, [{"params": ps}]),
+                         lambda ps: type(make_optimizer(spec, [{"params": ps}]))(
+                             ps, lr=spec.lr, weight_decay=spec.weight_decay, foreach=False,
+                             **({"momentum": spec.momentum} if name in ("sgd", "rmsprop") else {}))):
+        torch.manual_seed(0)
+        head = EmbeddingHead(20, 8, 16)
+        params = list(head.parameters())
+        optimizer = optimizer_of(params)
+        for _ in range(20):
+            loss = (head(x) - y).pow(2).mean() + x.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        weights.append(torch.cat([p.detach().flatten() for p in params]))
+    assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in
+                                                  EmbeddingHead(20, 8, 16).parameters()]))
+    assert torch.equal(weights[0], weights[1])
