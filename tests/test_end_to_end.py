@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.protocol import DML_METRICS
+from bench.evaluate.metric_table import DML_METRICS
 
 pytestmark = pytest.mark.slow
 
