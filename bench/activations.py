@@ -102,8 +102,9 @@ def cached_activations(ds: ImageDataset, backbone: str, *, pretrained: bool,
     out = extract(split.prefix, np.ascontiguousarray(center_crop(images, crop_size)),
                   device=device, progress=progress, description=f"{backbone} prefix",
                   normalization=split.trunk.normalization)
+    out = np.ascontiguousarray(out, dtype=np.float32)  # exactly what a cache hit returns
     if use_cache:
-        save_verified(path, {"activations": np.ascontiguousarray(out, dtype=np.float32)})
+        save_verified(path, {"activations": out})
     return out, split, False
 
 

@@ -41,14 +41,21 @@ def dataset_fingerprint(ds: ImageDataset) -> str:
 def extract(network: nn.Module, images: np.ndarray, *, device: torch.device, batch_size: int = 256,
             progress: bool = True, description: str = "features",
             normalization: InputNormalization = IMAGENET_NORMALIZATION) -> np.ndarray:
-    """Run ``Normalize(normalization)`` + ``network`` over uint8 NHWC images in eval mode."""
+    """Run ``Normalize(normalization)`` + ``network`` over uint8 NHWC images in eval mode.
+
+    The result is C-contiguous float32, whatever memory format the network produced (from
+    NHWC input, convolutions answer in channels-last strides): a cache hit loads C-contiguous
+    arrays, and a convolution trained on the other layout picks other kernels and gives other
+    floats, so a run that built the cache would differ from one that loaded it."""
     model = nn.Sequential(Normalize(normalization), network).to(device).eval()
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=description, disable=not progress,
                       leave=False, dynamic_ncols=True):
         batch = torch.from_numpy(images[start:start + batch_size]).to(device)
         chunks.append(model(batch).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    if not chunks:
+        return np.zeros((0, 0), np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
 def trunk_features(ds: ImageDataset, backbone: str, *, pretrained: bool, device: torch.device,

@@ -57,6 +57,29 @@ def test_cache_is_keyed_by_weights_data_and_crop(tmp_path, monkeypatch):
     assert not hit
 
 
+def test_cache_miss_and_hit_give_the_same_array_layout(tmp_path, monkeypatch):
+    """A run that builds the cache must train on exactly what a run that loads it gets: the
+    prefix answers in channels-last strides, the cache holds C-contiguous arrays, and the
+    trained stage's convolutions pick other kernels (other floats) for the other layout; the
+    reference oodml_glyphs_stage moved by 4e-4 MAP@R between a cold and a warm run before."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    ds = tiny_dataset(size=64)  # 2 x 2 activations: strides tell the layouts apart
+    device = torch.device("cpu")
+    cold, split, hit = cached_activations(ds, "mobilenet_v2", pretrained=False, crop_size=None,
+                                          device=device, progress=False)
+    warm, _, hit_again = cached_activations(ds, "mobilenet_v2", pretrained=False,
+                                            crop_size=None, device=device, progress=False)
+    assert (hit, hit_again) == (False, True)
+    assert cold.flags.c_contiguous and warm.flags.c_contiguous
+    assert cold.strides == warm.strides and cold.dtype == warm.dtype == np.float32
+    rows = np.array([4, 1, 3])
+    with torch.no_grad():
+        stage = split.suffix.eval()
+        assert torch.equal(stage(torch.from_numpy(cold[rows])), stage(torch.from_numpy(warm[rows])))
+    features = extract(split.trunk.network, ds.images, device=device, progress=False)
+    assert features.flags.c_contiguous and features.dtype == np.float32
+
+
 def test_cache_frozen_needs_last_stage_and_no_augmentation():
     base = {"name": "p", "dataset": {"name": "glyphs"}, "methods": [{"name": "m"}],
             "model": {"trunk": "last_stage", "cache_frozen": True}}
