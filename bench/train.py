@@ -134,6 +134,11 @@ def train(
     ``spec.validate_every`` iterations and at the end. ``checkpoint: best`` keeps the
     best-validated state and stops after ``spec.patience`` validations without improvement;
     ``last`` keeps the final state.
+
+    Why one long function: every step shares the loop's state (the prefetch feed, the epoch's
+    target rows, optimisers, scaler, early-stopping counters); the per-step pieces that stand
+    alone (batch preparation, optimiser and scheduler construction, embedding) live in their
+    own functions, and splitting the rest would pass a dozen values between the pieces.
     """
     check_precision(spec.precision, device)
     set_memory_format(model, spec.channels_last)
