@@ -75,6 +75,21 @@ def threads_per_process(jobs: int, cpu_threads: int | None = None) -> int:
     return cpu_threads or max(1, (os.cpu_count() or 1) // jobs)
 
 
+def pin_process_threads(jobs: int, cpu_threads: int | None) -> int | None:
+    """Set this process's torch and BLAS/OpenMP threads for `bench run -j jobs`: the protocol's
+    ``cpu_threads`` when pinned, else the cores split between the processes; one unpinned
+    process keeps torch's choice (None). Returns the count set."""
+    if jobs <= 1 and not cpu_threads:
+        return None
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = threads_per_process(jobs, cpu_threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+    return threads
+
+
 def start_helpers(protocol: str | Path, storage: str, results: Path, count: int,
                   threads: int) -> list[subprocess.Popen]:
     """``count`` `bench worker` processes on ``storage``; their progress bars are off and their

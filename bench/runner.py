@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from threadpoolctl import threadpool_limits
-
 from bench import study_protocol
-from bench.local_jobs import start_helpers, stop_helpers, threads_per_process
+from bench.local_jobs import pin_process_threads, start_helpers, stop_helpers
 from bench.plan import Plan, check_available, pick_device, plan_protocol
 from bench.pool import DatasetContext, load_pool
 from bench.protocol import DatasetSpec
@@ -113,12 +110,9 @@ class ProtocolRun:
 
     def start_helpers(self) -> list:
         """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
-        started once the first dataset's inputs are cached; threads split between them."""
-        if self.options.jobs <= 1 and not self.p.cpu_threads:
-            return []
-        threads = threads_per_process(self.options.jobs, self.p.cpu_threads)
-        torch.set_num_threads(threads)
-        threadpool_limits(limits=threads)
+        started once the first dataset's inputs are cached; this process's threads are pinned
+        first (the protocol's cpu_threads, or the cores split between the processes)."""
+        threads = pin_process_threads(self.options.jobs, self.p.cpu_threads)
         if self.options.jobs <= 1:
             return []
         return start_helpers(self.plan.source, self.storage_url(),

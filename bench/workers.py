@@ -41,9 +41,6 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
 
     plan = plan_protocol(protocol)
     check_available(plan)
-    options = RunOptions(results_root=Path(results), storage=storage, progress=progress,
-                         grace=grace, heartbeat=max(1, grace // 3), writes_results=False)
-    run = ProtocolRun(plan, options)
     pinned = plan.protocol.cpu_threads
     if pinned and threads and threads != pinned:
         from bench.errors import BenchError
@@ -51,6 +48,9 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
         raise BenchError(f"the protocol pins cpu_threads: {pinned}; --threads {threads} would "
                          "change its numbers (float summation order)", field="--threads")
     threads = threads or pinned
+    options = RunOptions(results_root=Path(results), storage=storage, progress=progress,
+                         grace=grace, heartbeat=max(1, grace // 3), writes_results=False)
+    run = ProtocolRun(plan, options)
     if threads:
         torch.set_num_threads(threads)
     # --threads caps numpy's BLAS and OpenMP pools too: an idle OpenBLAS thread spin-waits and

@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.local_jobs import auto_jobs, resolve_jobs, threads_per_process, training_runs
+from bench.local_jobs import (
+    auto_jobs,
+    pin_process_threads,
+    resolve_jobs,
+    threads_per_process,
+    training_runs,
+)
 from bench.protocol import BudgetSpec, parse_protocol
 from bench.workers import worker_main
 
@@ -56,6 +63,17 @@ def test_pinned_threads_make_processes_the_default(monkeypatch: pytest.MonkeyPat
         parse_protocol({**base, "cpu_threads": 0})
 
 
+def test_pin_process_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr("threadpoolctl.threadpool_limits", lambda limits: calls.append(limits))
+    assert pin_process_threads(1, None) is None and calls == []  # one unpinned: torch's choice
+    assert pin_process_threads(1, 1) == 1 and calls == [1, 1]
+    assert pin_process_threads(2, None) == 2 and calls[2:] == [2, 2]
+    assert pin_process_threads(4, 2) == 2
+
+
 def test_worker_refuses_threads_that_contradict_the_protocol(write_protocol,
                                                               tmp_path: Path) -> None:
     protocol = write_protocol({"cpu_threads": 1})
@@ -73,10 +91,16 @@ def test_two_processes_give_the_one_process_results(write_protocol, tmp_path: Pa
         "cpu_threads": 1,  # every process computes alike: -j changes no value
     })
     tables = {}
+    before = torch.get_num_threads()
     for jobs in ("1", "2"):
         results = tmp_path / f"j{jobs}"
-        assert main(["run", str(protocol), "--results", str(results), "--no-progress",
-                     "-j", jobs]) == 0
+        torch.set_num_threads(2)
+        try:
+            assert main(["run", str(protocol), "--results", str(results), "--no-progress",
+                         "-j", jobs]) == 0
+            assert torch.get_num_threads() == 1  # the run pinned this process, even alone
+        finally:
+            torch.set_num_threads(before)
         table = pd.read_csv(results / "tiny" / "results.csv")
         keys = ["method", "seed", "model", "metric"]
         tables[jobs] = table.sort_values(keys).reset_index(drop=True)
