@@ -102,8 +102,7 @@ def cached_activations(ds: ImageDataset, backbone: str, *, pretrained: bool,
     out = extract(split.prefix, np.ascontiguousarray(center_crop(images, crop_size)),
                   device=device, progress=progress, description=f"{backbone} prefix",
                   normalization=split.trunk.normalization)
-    out = np.ascontiguousarray(out, dtype=np.float32)  # exactly what a cache hit returns
-    if use_cache:
+    if use_cache:  # extract returns C-contiguous float32: exactly what a cache hit returns
         save_verified(path, {"activations": out})
     return out, split, False
 
