@@ -89,9 +89,11 @@ def _claim_is_mine(study: optuna.Study, trial: optuna.Trial, job: str, poll: flo
 
 def job_step(study: optuna.Study, jobs: list[JobKey],
              run_job: Callable[[JobKey], tuple[float, dict[str, Any]]], *,
+             order: Callable[[list[str]], list[str]] | None = None,
              poll: float = 0.2) -> Outcome:
-    """Run at most one unclaimed job; WORKED, BLOCKED (the rest is running elsewhere) or
-    DONE. Raises MethodFailed when any job failed (in any process)."""
+    """Run at most one unclaimed job (the first of ``order(unclaimed)``, default the jobs'
+    order); WORKED, BLOCKED (the rest is running elsewhere) or DONE. Raises MethodFailed when
+    any job failed (in any process)."""
     fail_stale(study)
     trials = study.get_trials(deepcopy=False)
     for t in trials:
@@ -103,7 +105,7 @@ def job_step(study: optuna.Study, jobs: list[JobKey],
     todo = [j for j in names if j not in done and j not in running]
     if not todo:
         return Outcome.DONE if all(j in done for j in names) else Outcome.BLOCKED
-    job = todo[0]
+    job = (order(todo) if order is not None else todo)[0]
 
     def trial_fn(trial: optuna.Trial) -> float:
         trial.set_user_attr(JOB, job)

@@ -90,18 +90,51 @@ def pin_process_threads(jobs: int, cpu_threads: int | None) -> int | None:
     return threads
 
 
+GO = "go"
+
+
 def start_helpers(protocol: str | Path, storage: str, results: Path, count: int,
                   threads: int) -> list[subprocess.Popen]:
-    """``count`` `bench worker` processes on ``storage``; their progress bars are off and their
-    errors reach this terminal."""
+    """``count`` `bench worker` processes on ``storage``, held before any work until
+    ``release_helpers``: started first, they import and validate while this process builds the
+    dataset and features (a helper's start-up, ~6 s of a cold 3-minute run, overlaps the
+    build), and open the storage and the cached inputs only once both exist. Their progress
+    bars are off and their errors reach this terminal."""
     command = [sys.executable, "-m", "bench", "worker", str(protocol), "--storage", storage,
-               "--results", str(results), "--threads", str(threads), "--no-progress"]
-    return [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(count)]
+               "--results", str(results), "--threads", str(threads), "--no-progress",
+               "--start-on-stdin"]
+    return [subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.PIPE,
+                             text=True) for _ in range(count)]
+
+
+def release_helpers(helpers: list[subprocess.Popen]) -> None:
+    """Let held helpers start working (the storage and the first pool's inputs exist)."""
+    for proc in helpers:
+        _close_stdin(proc, GO + "\n")
+
+
+def wait_for_go() -> bool:
+    """In a held helper: True once the parent says go; False if it ended (stdin closed)."""
+    return sys.stdin.readline().strip() == GO
+
+
+def _close_stdin(proc: subprocess.Popen, line: str = "") -> None:
+    if proc.stdin is None or proc.stdin.closed:
+        return
+    try:
+        if line:
+            proc.stdin.write(line)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):  # the helper already ended; stop_helpers reports nothing
+        pass
 
 
 def stop_helpers(helpers: list[subprocess.Popen], *, wait: float) -> None:
-    """Wait up to ``wait`` s for helpers to finish (they exit when no work is left), then end
-    the ones still running (their unfinished trials are failed by heartbeat and re-run)."""
+    """Wait up to ``wait`` s for helpers to finish (they exit when no work is left; a helper
+    never released ends at once), then end the ones still running (their unfinished trials are
+    failed by heartbeat and re-run)."""
+    for proc in helpers:
+        _close_stdin(proc)
     for proc in helpers:
         try:
             proc.wait(timeout=wait)

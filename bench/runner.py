@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import study_protocol
-from bench.local_jobs import pin_process_threads, start_helpers, stop_helpers
+from bench.local_jobs import (
+    pin_process_threads,
+    release_helpers,
+    start_helpers,
+    stop_helpers,
+    threads_per_process,
+)
 from bench.plan import Plan, check_available, pick_device, plan_protocol
 from bench.pool import DatasetContext, load_pool
 from bench.protocol import DatasetSpec
@@ -90,33 +96,41 @@ class ProtocolRun:
             # default one is created only once the inputs proved loadable
             storage = self.open_storage()
         helpers: list = []
-        started = False
+        released = False
         try:
+            helpers = self.start_helpers()
             for name, dspecs in self.p.pools:
                 ctx = self.load(name, dspecs)
                 if self.writes_results:
                     self.writer.record_protocol()
                 if storage is None:
                     storage = self.open_storage()
-                if not started:
-                    helpers, started = self.start_helpers(), True
+                if not released:
+                    self.release_helpers(helpers)
+                    released = True
                 self.writer.note_splits(name, ctx.splits)
                 self.scheduler.work_through(ctx)
-        finally:
-            stop_helpers(helpers, wait=2 * self.options.grace)
+        finally:  # helpers never released hold no work: end them at once
+            stop_helpers(helpers, wait=2 * self.options.grace if released else 0)
         if self.writes_results and self.p.split.kind == "fid_sequence":
             self.writer.write_ood_figures()
         return self.writer.summary_path
 
     def start_helpers(self) -> list:
         """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
-        started once the first dataset's inputs are cached; this process's threads are pinned
-        first (the protocol's cpu_threads, or the cores split between the processes)."""
-        threads = pin_process_threads(self.options.jobs, self.p.cpu_threads)
-        if self.options.jobs <= 1:
+        started now and held until ``release_helpers``."""
+        if self.options.jobs <= 1 or not self.writes_results:
             return []
+        threads = threads_per_process(self.options.jobs, self.p.cpu_threads)
         return start_helpers(self.plan.source, self.storage_url(),
                              self.options.results_root, self.options.jobs - 1, threads)
+
+    def release_helpers(self, helpers: list) -> None:
+        """Once the first dataset's inputs are cached and the storage exists: pin this
+        process's threads (the protocol's cpu_threads, or the cores split between the
+        processes; the build before used them all) and let the helpers work."""
+        pin_process_threads(self.options.jobs, self.p.cpu_threads)
+        release_helpers(helpers)
 
     def failures(self) -> dict[str, str]:
         """``pool/method`` -> reason, for the methods that failed."""

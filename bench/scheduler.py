@@ -27,6 +27,7 @@ from bench.plan import Plan
 from bench.pool import DatasetContext
 from bench.protocol import MethodSpec
 from bench.search import MethodFailed, search_step
+from bench.trial_models import TrialModels
 from bench.units import Units
 
 
@@ -69,6 +70,7 @@ class Scheduler:
         self.plan, self.p, self.storage, self.schedule = plan, plan.protocol, storage, schedule
         self.on_finished = on_finished
         self.states = states
+        self.trial_models = TrialModels()  # shared by this process's methods (one memory cap)
 
     def work_through(self, ctx: DatasetContext) -> None:
         """Step every method of the pool until each is done or failed."""
@@ -88,6 +90,7 @@ class Scheduler:
                     tqdm.write(f"bench: {self.p.name}: {ctx.name}/{w.spec.name} failed: {error}")
                 if outcome.finished:
                     w.finished = True
+                    self.trial_models.drop(w.units.key)
                     bar.update()
                     if self.on_finished is not None:
                         self.on_finished(ctx, w.spec, w.study, w.state)
@@ -103,7 +106,8 @@ class Scheduler:
             consumed = consumed - {"camera_views"}
         state.data = ctx.layout.describe_kinds(consumed)
         units = Units(self.plan, ctx, spec, device=self.schedule.device,
-                      results_dir=self.schedule.results_dir, progress=self.schedule.progress)
+                      results_dir=self.schedule.results_dir, progress=self.schedule.progress,
+                      trial_models=self.trial_models)
         return MethodWork(spec, state, units)
 
     def search_key(self, ctx: DatasetContext, spec: MethodSpec) -> StudyKey:
@@ -139,7 +143,8 @@ class Scheduler:
         else:
             study_protocol.stamp(w.study, self.plan)  # checked on every step
         values = w.state.params
-        return job_step(w.study, jobs, lambda job: w.units.run_job(values, job))
+        return job_step(w.study, jobs, lambda job: w.units.run_job(values, job),
+                        order=lambda todo: w.units.job_order(values, todo))
 
     def _open(self, key: StudyKey, ctx: DatasetContext, spec: MethodSpec, phase: str,
               details: dict[str, Any]) -> optuna.Study:

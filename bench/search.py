@@ -16,6 +16,8 @@ Rules enforced here, beyond what optuna does itself:
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -88,12 +90,25 @@ def _never_beating(study: optuna.Study) -> list[int]:
 SLOT = "slot"
 
 
+#: user attribute naming the process that runs a trial (``host:pid``), for `optuna-dashboard`
+#: and for tests that must stop the process inside a given trial
+PROCESS = "process"
+
+
+def process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def optimize_once(study: optuna.Study, trial_fn, catch: tuple[type[Exception], ...]) -> None:
     """``study.optimize`` for one trial, surviving a trial that another process declared dead
     meanwhile (a long pause, a slow disk): its result is dropped and the slot or job is run
-    again, by whoever comes first."""
+    again, by whoever comes first. The trial records which process runs it."""
+    def named_trial_fn(trial: optuna.Trial) -> float:
+        trial.set_user_attr(PROCESS, process_name())
+        return trial_fn(trial)
+
     try:
-        study.optimize(trial_fn, n_trials=1, catch=catch)
+        study.optimize(named_trial_fn, n_trials=1, catch=catch)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass
     except ValueError as error:  # optuna's "Cannot tell a FAIL trial." after the above

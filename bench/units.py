@@ -34,15 +34,20 @@ from bench.splits import ClassSplit
 from bench.splits.kfold import split_hash
 from bench.splits.named import NamedSplit
 from bench.train import DivergedError
+from bench.trial_models import TrialModels
 
 
 class Units:
     """Search trials and test jobs of method ``spec`` on pool ``ctx``."""
 
     def __init__(self, plan: Plan, ctx: DatasetContext, spec: MethodSpec, *,
-                 device: torch.device, results_dir: Path, progress: bool) -> None:
+                 device: torch.device, results_dir: Path, progress: bool,
+                 trial_models: TrialModels | None = None) -> None:
         self.plan, self.p, self.ctx, self.spec = plan, plan.protocol, ctx, spec
         self.device, self.results_dir, self.progress = device, results_dir, progress
+        #: this process's best trial's fold models, for the job that would retrain them
+        self.trial_models = trial_models if trial_models is not None else TrialModels()
+        self.key = (ctx.name, spec.name)
 
     # -- a search trial -----------------------------------------------------------------------
     def objective(self, values: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -56,6 +61,7 @@ class Units:
         scores = [r.validation_score for r in results]
         stderr = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 \
             else float("nan")
+        self.trial_models.offer(self.key, values, float(np.mean(scores)), results)
         return float(np.mean(scores)), {"fold_scores": scores, "stderr": stderr,
                                         "best_iterations": [r.best_iteration for r in results]}
 
@@ -80,8 +86,11 @@ class Units:
         folds = ctx.folds if split.is_default else split_folds(self.plan, split)
         label = f"{spec.name} seed {job.seed}" + ("" if split.id == "standard" else
                                                   f" {split.id}")
+        results = self.trial_models.take(self.key, values) if self.repeats_search(job) \
+            else None
         try:
-            results = self.train_folds(values, seed=job.seed, label=label, folds=folds)
+            if results is None:
+                results = self.train_folds(values, seed=job.seed, label=label, folds=folds)
         except (DivergedError, RuntimeError) as error:
             raise JobFailed(f"{type(error).__name__}: {error}") from error
         sink: dict[str, list] = {}
@@ -106,6 +115,19 @@ class Units:
             record["size_control"] = self.sequence_extras(values, split, folds, results,
                                                           job.seed, rows)
         return score, record
+
+    def repeats_search(self, job: JobKey) -> bool:
+        """The job trains exactly what a search trial of the same values trained: the search's
+        seed on the default split (whose folds the search used)."""
+        return job.seed == self.p.seed and self.ctx.split(job.split).is_default
+
+    def job_order(self, values: dict[str, Any], jobs: list[str]) -> list[str]:
+        """The order to take ``jobs`` in: the one repeating the search first when this process
+        holds its models (no training), last when it does not (so a process that holds them
+        can still take it)."""
+        repeat = [j for j in jobs if self.repeats_search(JobKey.parse(j))]
+        rest = [j for j in jobs if j not in repeat]
+        return [*repeat, *rest] if self.trial_models.holds(self.key, values) else [*rest, *repeat]
 
     def sequence_extras(self, values: dict[str, Any], split: NamedSplit,
                         folds: list[ClassSplit], results, seed: int, rows: list[dict]) -> dict:

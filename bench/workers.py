@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,14 @@ def _storage_url(args: argparse.Namespace, name: str) -> str:
 
 
 def worker_main(protocol: str, storage: str, results: str = "results", threads: int | None = None,
-                grace: int = 30, progress: bool = False) -> dict[str, str]:
+                grace: int = 30, progress: bool = False,
+                ready: Callable[[], bool] | None = None) -> dict[str, str] | None:
     """One worker: do whatever work of ``protocol`` is left in ``storage``; return failures.
 
-    A plain function, so submitit can run it on a Slurm node (or locally in tests)."""
+    ``ready``: called once everything is imported and validated, before the storage is opened;
+    False ends the worker without work (returns None) (`bench run -j` starts its helpers this way while it
+    builds the inputs, then lets them go). A plain function, so submitit can run it on a Slurm
+    node (or locally in tests)."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -53,6 +58,8 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
     run = ProtocolRun(plan, options)
     if threads:
         torch.set_num_threads(threads)
+    if ready is not None and not ready():
+        return None
     # --threads caps numpy's BLAS and OpenMP pools too: an idle OpenBLAS thread spin-waits and
     # takes CPU from the other workers (benchmarks/scaling.py measured 1.56x vs 1.81x)
     with threadpool_limits(limits=threads) if threads else contextlib.nullcontext():
@@ -70,8 +77,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     plan = plan_protocol(args.protocol)
     storage = _storage_url(args, plan.protocol.name)
+    ready = None
+    if args.start_on_stdin:
+        from bench.local_jobs import wait_for_go
+
+        ready = wait_for_go
     failures = worker_main(args.protocol, storage, args.results, args.threads, args.grace,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, ready=ready)
+    if failures is None:
+        print(f"bench worker: {plan.protocol.name}: not started (no 'go' on standard input)")
+        return 0
     print(f"bench worker: {plan.protocol.name}: no work left in {storage}")
     for method, reason in failures.items():
         print(f"bench: method {method} failed: {reason}", file=sys.stderr)
@@ -193,6 +208,11 @@ def add_worker_parsers(sub) -> None:
                         help="heartbeat grace period before a silent trial is failed "
                         "(default: 30)")
     worker.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    worker.add_argument("--start-on-stdin", action="store_true",
+                        help="load and validate everything, then wait for the line 'go' on "
+                        "standard input before touching the storage; anything else (or its end) "
+                        "ends the worker without work (how `bench run -j N` starts its helpers "
+                        "while it builds the inputs)")
     worker.set_defaults(func=cmd_worker)
 
     launch = sub.add_parser(

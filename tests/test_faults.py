@@ -70,6 +70,7 @@ from bench import methods as methods_module
 from bench.atomic import write_text
 from bench.cli import main
 from bench.methods.pml_loss import PmlLoss
+from bench.search import PROCESS
 from bench.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,22 @@ def kill_when(victim: subprocess.Popen, db: Path, log: Path,
     wait_for(ready, [victim], log)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+
+
+def worker_in_a_trial(db: Path, workers: list[subprocess.Popen]) -> subprocess.Popen | None:
+    """A worker that runs a RUNNING trial which has sent its first heartbeat, or None."""
+    if not db.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)) as con:
+            names = con.execute(
+                "select a.value_json from trials t join trial_user_attributes a on "
+                "a.trial_id = t.trial_id join trial_heartbeats h on h.trial_id = t.trial_id "
+                f"where t.state = 'RUNNING' and a.key = '{PROCESS}'").fetchall()
+    except sqlite3.Error:
+        return None
+    pids = {int(json.loads(value).rsplit(":", 1)[1]) for (value,) in names}
+    return next((w for w in workers if w.pid in pids and w.poll() is None), None)
 
 
 def stale_failures(url: str) -> int:
@@ -385,9 +402,10 @@ def test_killed_worker_leaves_the_others_to_finish(glyphs_reference, started,
     workers = [bench_process(started, "worker", str(protocol), "--storage", url, "--results",
                              str(results), "--threads", "1", "--grace", GRACE, "--no-progress",
                              log=log) for _ in range(3)]
-    # Three trials running at once: each worker holds one, so the victim dies inside a trial.
-    victim = random.Random(3).choice(workers)
-    kill_when(victim, db, log, lambda running, done: len(running) == 3)
+    # The victim is a worker inside a trial (each trial names its process, bench.search).
+    victim = wait_for(lambda: worker_in_a_trial(db, workers), workers, log)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
     assert victim.returncode == -signal.SIGKILL
     for worker in workers:
         if worker is not victim:
