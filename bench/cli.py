@@ -41,25 +41,32 @@ unusable state (storage, cache or results folder: the line names the file and wh
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.plan import plan_protocol
-    from bench.plan_text import describe_plan
-    from bench.runner import RunOptions, run_protocol
     from bench.state import check_grace
     from bench.storage import check_storage_url
 
     check_grace(args.grace)  # options first: refused before the protocol's data loads
     check_storage_url(args.storage)
     if args.dry_run:
+        from bench.plan import plan_protocol
+        from bench.plan_text import describe_plan
+
         print(describe_plan(plan_protocol(args.protocol)))
         return 0
     started = time.perf_counter()
-    from bench.local_jobs import resolve_jobs
+    from bench.local_jobs import start_held_helpers, stop_helpers
 
-    jobs = resolve_jobs(args.jobs, plan_protocol(args.protocol).protocol)
-    options = RunOptions(results_root=Path(args.results), storage=args.storage, fresh=args.fresh,
-                         progress=not args.no_progress, grace=args.grace,
-                         heartbeat=max(1, args.grace // 3), jobs=jobs)
-    summary, failures = run_protocol(args.protocol, options)
+    # -j helpers start before this process's own imports (~6 s), so theirs overlap them
+    jobs, helpers = start_held_helpers(args.protocol, args.jobs, Path(args.results),
+                                       args.storage)
+    try:
+        from bench.runner import RunOptions, run_protocol
+
+        options = RunOptions(results_root=Path(args.results), storage=args.storage,
+                             fresh=args.fresh, progress=not args.no_progress, grace=args.grace,
+                             heartbeat=max(1, args.grace // 3), jobs=jobs, helpers=helpers)
+        summary, failures = run_protocol(args.protocol, options)
+    finally:  # the run stopped them already unless it failed before starting its work
+        stop_helpers(helpers, wait=0)
     print(summary.read_text(encoding="utf-8"))
     print(f"wrote {summary.parent}/ (results.csv, summary.md, runs/, study.db) in "
           f"{time.perf_counter() - started:.0f} s")

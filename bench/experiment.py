@@ -291,11 +291,12 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
     query, gallery = evaluation_rows(layout, ds, test_classes)
     batch = protocol.train.eval_batch_size
     nmi = protocol.evaluation.nmi and gallery is None
+    sink = {} if sink is None else sink  # each fold's embeddings, also for the concatenation
 
-    def embeddings(mask: np.ndarray) -> list[np.ndarray]:
-        out = [embed(r.model, inputs.tensor[mask], batch_size=batch, device=device,
-                     precision=protocol.train.precision) for r in results]
-        return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12) for e in out]
+    def embeddings(part: str) -> list[np.ndarray]:
+        """The folds' embeddings that score_rows computed, L2-normalised."""
+        return [e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+                for e in sink[part][-len(results):]]
 
     out = {f"fold{i}": score_rows(r.model, r.method, ds, inputs, query, gallery, nmi=nmi,
                                   seed=seed, batch_size=batch, device=device,
@@ -305,7 +306,7 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
     out["separate"] = {k: float(np.mean([out[f"fold{i}"][k] for i in range(len(results))]))
                        for k in keys}
     if len(results) > 1:
-        q = embeddings(query)
+        q = embeddings("query")
         score_fn = concatenated_score_fn([r.method.score_fn(r.model, device) for r in results],
                                          [e.shape[1] for e in q])
         if gallery is None:
@@ -313,7 +314,7 @@ def evaluate_test(protocol: Protocol, ds: ImageDataset, inputs: Inputs, layout: 
                 np.concatenate(q, axis=1), ds.labels[query], nmi=nmi, seed=seed,
                 score_fn=score_fn, device=knn_device(device))
         else:
-            g = embeddings(gallery)
+            g = embeddings("gallery")
             out["concatenated"] = evaluate_reid(
                 np.concatenate(q, axis=1), ds.labels[query], ds.cameras[query],
                 np.concatenate(g, axis=1), reid_ids(ds, gallery), ds.cameras[gallery],

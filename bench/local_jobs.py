@@ -93,6 +93,23 @@ def pin_process_threads(jobs: int, cpu_threads: int | None) -> int | None:
 GO = "go"
 
 
+def start_held_helpers(protocol_path: str | Path, jobs_option: str | int | None,
+                       results_root: Path, storage: str | None) -> tuple[int, list]:
+    """`bench run -j`: the process count and its N-1 held helpers, started from the protocol's
+    parsed fields alone (no torch import yet). A protocol that does not parse raises here,
+    before any helper starts."""
+    from bench.protocol import load_protocol
+    from bench.safe_paths import default_storage_url
+
+    protocol, _ = load_protocol(protocol_path)
+    jobs = resolve_jobs(jobs_option, protocol)
+    if jobs <= 1:
+        return jobs, []
+    url = storage or default_storage_url(results_root, protocol.name)
+    threads = threads_per_process(jobs, protocol.cpu_threads)
+    return jobs, start_helpers(protocol_path, url, results_root, jobs - 1, threads)
+
+
 def start_helpers(protocol: str | Path, storage: str, results: Path, count: int,
                   threads: int) -> list[subprocess.Popen]:
     """``count`` `bench worker` processes on ``storage``, held before any work until
@@ -113,9 +130,19 @@ def release_helpers(helpers: list[subprocess.Popen]) -> None:
         _close_stdin(proc, GO + "\n")
 
 
-def wait_for_go() -> bool:
-    """In a held helper: True once the parent says go; False if it ended (stdin closed)."""
-    return sys.stdin.readline().strip() == GO
+class HeldStart:
+    """In a held helper (`bench worker --start-on-stdin`): waits for the parent's go.
+
+    Until released, the helper is silent: any error it meets (a protocol the parent will
+    refuse with the same one line) is the parent's to report."""
+
+    def __init__(self) -> None:
+        self.released = False
+
+    def __call__(self) -> bool:
+        """True once the parent says go; False if it ended first (stdin closed)."""
+        self.released = sys.stdin.readline().strip() == GO
+        return self.released
 
 
 def _close_stdin(proc: subprocess.Popen, line: str = "") -> None:

@@ -22,7 +22,13 @@ from bench.keys import JobKey
 from bench.plan import Plan
 from bench.results import read_json, write_json, write_table
 from bench.results_source import read_protocol_copy, rows_of
-from bench.safe_paths import check_tree, confined, protocol_dir, remove_written
+from bench.safe_paths import (
+    check_tree,
+    confined,
+    default_storage_url,
+    protocol_dir,
+    remove_written,
+)
 from bench.splits.named import NamedSplit
 from bench.summary_text import summary
 
@@ -71,7 +77,7 @@ class ResultsWriter:
             write_json(confined(self.dir, "plugins.json"), plugins.signature(self.plan.plugins))
 
     def default_storage_url(self) -> str:
-        return f"sqlite:///{confined(self.dir, 'study.db')}"
+        return default_storage_url(self.dir.parent, self.p.name)
 
     def has_default_storage(self) -> bool:
         return confined(self.dir, "study.db").exists()

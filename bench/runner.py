@@ -44,6 +44,8 @@ class RunOptions:
     writes_results: bool = True
     #: processes sharing the work (`bench run -j`): this one plus jobs-1 local helpers
     jobs: int = 1
+    #: those helpers when the caller started them already, held (bench.local_jobs)
+    helpers: list | None = None
 
 
 class ProtocolRun:
@@ -118,7 +120,10 @@ class ProtocolRun:
 
     def start_helpers(self) -> list:
         """`-j N`: N-1 local `bench worker` processes on this run's storage (bench.local_jobs),
-        started now and held until ``release_helpers``."""
+        held until ``release_helpers``: the caller's (`bench run` starts them first), or
+        started now."""
+        if self.options.helpers is not None:
+            return self.options.helpers
         if self.options.jobs <= 1 or not self.writes_results:
             return []
         threads = threads_per_process(self.options.jobs, self.p.cpu_threads)

@@ -129,3 +129,8 @@ def check_tree(folder: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StateError("is not writable: fix its permissions or choose another --results",
                          source=str(existing))
+
+
+def default_storage_url(results_root: str | os.PathLike[str], name: str) -> str:
+    """The run's own SQLite storage, ``RESULTS/<name>/study.db`` (confined)."""
+    return f"sqlite:///{confined(protocol_dir(results_root, name), 'study.db')}"

@@ -22,11 +22,10 @@ from typing import Any
 def _storage_url(args: argparse.Namespace, name: str) -> str:
     if args.storage:
         return args.storage
-    from bench.safe_paths import confined, protocol_dir
+    from bench.safe_paths import default_storage_url, protocol_dir
 
-    folder = protocol_dir(args.results, name)  # confined: never outside RESULTS/<name>/
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{confined(folder, 'study.db')}"
+    protocol_dir(args.results, name).mkdir(parents=True, exist_ok=True)  # confined
+    return default_storage_url(args.results, name)
 
 
 def worker_main(protocol: str, storage: str, results: str = "results", threads: int | None = None,
@@ -77,13 +76,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     plan = plan_protocol(args.protocol)
     storage = _storage_url(args, plan.protocol.name)
-    ready = None
-    if args.start_on_stdin:
-        from bench.local_jobs import wait_for_go
+    from bench.errors import BenchError
+    from bench.local_jobs import HeldStart
 
-        ready = wait_for_go
-    failures = worker_main(args.protocol, storage, args.results, args.threads, args.grace,
-                           progress=not args.no_progress, ready=ready)
+    gate = HeldStart() if args.start_on_stdin else None
+    try:
+        failures = worker_main(args.protocol, storage, args.results, args.threads, args.grace,
+                               progress=not args.no_progress, ready=gate)
+    except BenchError:
+        if gate is not None and not gate.released:
+            return 2  # a held helper stays silent: the run that started it reports the error
+        raise
     if failures is None:
         print(f"bench worker: {plan.protocol.name}: not started (no 'go' on standard input)")
         return 0
