@@ -67,20 +67,19 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bench.errors import BenchError
+    from bench.local_jobs import HeldStart
     from bench.state import check_grace
     from bench.storage import check_storage_url
 
-    check_grace(getattr(args, "grace", None))
-    check_storage_url(args.storage)
-    from bench.plan import plan_protocol
-
-    plan = plan_protocol(args.protocol)
-    storage = _storage_url(args, plan.protocol.name)
-    from bench.errors import BenchError
-    from bench.local_jobs import HeldStart
-
     gate = HeldStart() if args.start_on_stdin else None
     try:
+        check_grace(getattr(args, "grace", None))
+        check_storage_url(args.storage)
+        from bench.plan import plan_protocol
+
+        plan = plan_protocol(args.protocol)
+        storage = _storage_url(args, plan.protocol.name)
         failures = worker_main(args.protocol, storage, args.results, args.threads, args.grace,
                                progress=not args.no_progress, ready=gate)
     except BenchError:

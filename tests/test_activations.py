@@ -90,3 +90,24 @@ def test_cache_frozen_needs_last_stage_and_no_augmentation():
         Protocol.model_validate({**base, "train": {"augmentation": {"horizontal_flip": 0.5}}})
     with pytest.raises(BenchError, match="cache_frozen supports"):
         split_trunk("bn_inception", pretrained=False)
+
+
+def test_cpu_feature_batches_hold_a_fixed_number_of_pixels():
+    """Small CPU batches keep activations in cache (2.5x faster features on quick.yaml); the
+    values do not depend on the batch (one image a batch is never used: other kernels)."""
+    from bench.features import default_batch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_batch(np.zeros((5, 64, 64, 3), np.uint8), cpu) == 32
+    assert default_batch(np.zeros((5, 32, 32, 3), np.uint8), cpu) == 128
+    assert default_batch(np.zeros((5, 224, 224, 3), np.uint8), cpu) == 2
+    assert default_batch(np.zeros((5, 1024, 1024, 3), np.uint8), cpu) == 2
+    assert default_batch(np.zeros((5, 8, 8, 3), np.uint8), cpu) == 256
+    assert default_batch(np.zeros((5, 64, 64, 3), np.uint8), cuda) == 256
+    trunk = split_trunk("mobilenet_v2", pretrained=True).trunk
+    images = np.random.default_rng(0).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    small = extract(trunk.network, images, device=cpu, progress=False,
+                    normalization=trunk.normalization)
+    whole = extract(trunk.network, images, device=cpu, progress=False, batch_size=256,
+                    normalization=trunk.normalization)
+    np.testing.assert_allclose(small, whole, rtol=0, atol=1e-5)

@@ -220,3 +220,34 @@ def test_bad_input_raises_bench_error(kwargs: dict, message: str) -> None:
     text = str(info.value)
     assert message in text
     assert text.startswith("evaluate_retrieval: ") and "\n" not in text
+
+
+def test_own_float32_scores_rank_like_the_checked_float64_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows faiss leaves ambiguous (exact duplicates, ties at k) are re-ranked by this
+    module's float32 scorer without the float64 copy a method's scores get: same neighbours."""
+    import bench.evaluate.retrieval as retrieval
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((400, 16)).astype(np.float32)
+    x = np.concatenate([base, base[:120], np.round(base[:80], 1)])  # duplicates, near-ties
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fast = nearest_neighbours(x, x, 12, self_index=np.arange(len(x)), chunk_size=64)
+    real = retrieval.dense_neighbours
+    monkeypatch.setattr(retrieval, "dense_neighbours",
+                        lambda *a, own_scores=False, **k: real(*a, **k))
+    checked = nearest_neighbours(x, x, 12, self_index=np.arange(len(x)), chunk_size=64)
+    assert np.array_equal(fast, checked)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_by_score_with_ties_and_minus_infinity(dtype) -> None:
+    from bench.evaluate.retrieval import top_k_by_score
+
+    rng = np.random.default_rng(7)
+    scores = rng.integers(-3, 3, size=(50, 40)).astype(dtype)
+    scores[np.arange(50), rng.integers(0, 40, 50)] = -np.inf
+    for k in (1, 4, 39):
+        idx = np.broadcast_to(np.arange(40), scores.shape)
+        expected = np.lexsort((idx, -scores), axis=-1)[:, :k]
+        assert np.array_equal(top_k_by_score(scores, k), expected)

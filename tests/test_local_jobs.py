@@ -110,3 +110,57 @@ def test_two_processes_give_the_one_process_results(write_protocol, tmp_path: Pa
                                        "hyperparameters"]],
                                   two[["method", "seed", "model", "metric", "value",
                                        "hyperparameters"]])
+
+
+def held_worker(protocol: Path, storage: Path, tmp_path: Path, stdin: str):
+    """`bench worker --start-on-stdin` fed ``stdin`` (then its end)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "worker", str(protocol), "--storage",
+         f"sqlite:///{storage}", "--results", str(tmp_path / "results"), "--no-progress",
+         "--start-on-stdin"], input=stdin, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)})
+
+
+@pytest.mark.slow
+def test_a_held_helper_touches_nothing_until_released(write_protocol, tmp_path: Path) -> None:
+    """`bench run -j` starts its helpers before its own imports: held, they open no storage and
+    print nothing (not even a bad protocol's error: the run reports it) until told to go."""
+    storage = tmp_path / "study.db"
+    ended = held_worker(write_protocol(), storage, tmp_path, "")
+    assert ended.returncode == 0 and ended.stderr == "" and not storage.exists()
+    assert "not started" in ended.stdout
+    bad = write_protocol({"methods": [{"name": "x", "method": "no_such_method"}]},
+                         name="bad.yaml")
+    refused = held_worker(bad, storage, tmp_path, "go\n")
+    assert refused.returncode == 2 and refused.stderr == "" and not storage.exists()
+
+
+def test_held_helpers_start_only_for_a_protocol_that_parses(
+        write_protocol, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.local_jobs import start_held_helpers
+
+    started: list[list[str]] = []
+
+    class FakeProcess:
+        def __init__(self, command, **_kwargs) -> None:
+            started.append(command)
+
+    monkeypatch.setattr("subprocess.Popen", FakeProcess)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(BenchError):
+        start_held_helpers(broken, "2", tmp_path / "results", None)
+    assert started == []
+    jobs, helpers = start_held_helpers(write_protocol({"cpu_threads": 1}), "3",
+                                       tmp_path / "results", None)
+    assert jobs == 3 and len(helpers) == 2 == len(started)
+    command = started[0]
+    assert "--start-on-stdin" in command and command[command.index("--threads") + 1] == "1"
+    storage = command[command.index("--storage") + 1]
+    assert storage == f"sqlite:///{(tmp_path / 'results').resolve() / 'tiny' / 'study.db'}"
+    assert start_held_helpers(write_protocol(), "1", tmp_path / "results", None) == (1, [])
