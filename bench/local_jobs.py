@@ -3,8 +3,9 @@
 Why processes: one run process keeps about 1.25 of 2 cores busy on small models (the head's
 matrix products are too small to use both cores; see benchmarks/scaling.py), so a second
 process doing other trials is the only way to fill the machine. The helpers are plain
-`bench worker` processes on the run's own storage, started once the first dataset's inputs are
-built and cached (so they load them, not build them again); the storage hands out trials and
+`bench worker` processes on the run's own storage, started first and held until the first
+dataset's inputs are built and cached (they import meanwhile, then load the inputs, not build
+them again); the storage hands out trials and
 test jobs, and the work is the same as in one process: trial k's parameters depend on k
 only while the sampler is in its random start-up phase (``budget.trials`` up to TPE's 5 start-up
 trials), and each training run is seeded by its own seed. A protocol that pins ``cpu_threads`` computes

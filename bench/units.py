@@ -125,6 +125,8 @@ class Units:
         """The order to take ``jobs`` in: the one repeating the search first when this process
         holds its models (no training), last when it does not (so a process that holds them
         can still take it)."""
+        if not self.spec.search or self.p.budget.trials == 0:
+            return jobs  # no search trial, nothing any process could hold: the jobs' order
         repeat = [j for j in jobs if self.repeats_search(JobKey.parse(j))]
         rest = [j for j in jobs if j not in repeat]
         return [*repeat, *rest] if self.trial_models.holds(self.key, values) else [*rest, *repeat]
