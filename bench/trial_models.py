@@ -22,6 +22,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 #: at most this many bytes of kept model state per process (frozen-trunk heads are ~3 MB a fold;
 #: a fine-tuned ResNet-50 fold ~100 MB)
 LIMIT_BYTES = 1 << 30
@@ -32,14 +36,29 @@ def values_key(values: dict[str, Any]) -> str:
 
 
 def result_bytes(results: list) -> int:
-    """Bytes of the models' and methods' tensors held by ``results`` (fold results)."""
+    """Bytes of the arrays that keeping ``results`` (fold results) holds: each model's state and
+    whatever its method holds (proxies, and the memories of ECN, SpCL, DIMN: tensors, arrays,
+    modules, and lists or dicts of them), each array counted once."""
+    seen: set[int] = set()
     total = 0
     for r in results:
-        for tensor in r.model.state_dict().values():
-            total += tensor.numel() * tensor.element_size()
-        for param in r.method.parameters():
-            total += param.numel() * param.element_size()
+        total += held_bytes(r.model, seen)
+        for value in vars(r.method).values():
+            total += held_bytes(value, seen)
     return total
+
+
+def held_bytes(value: Any, seen: set[int]) -> int:
+    if isinstance(value, nn.Module):
+        return sum(held_bytes(t, seen) for t in value.state_dict(keep_vars=True).values())
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v, seen) for v in value)
+    if isinstance(value, dict):
+        return sum(held_bytes(v, seen) for v in value.values())
+    if isinstance(value, (torch.Tensor, np.ndarray)) and id(value) not in seen:
+        seen.add(id(value))
+        return int(value.nbytes)
+    return 0
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -23,8 +24,8 @@ UNSEARCHED = {"name": "proxy_anchor", "params": {"loss": "ProxyAnchorLoss"}}
 
 
 def fold_result(size: int = 10) -> SimpleNamespace:
-    """What TrialModels reads of a fold result: the model and the method's parameters."""
-    method = SimpleNamespace(parameters=lambda: [torch.zeros(3)])
+    """What TrialModels reads of a fold result: the model and what its method holds."""
+    method = SimpleNamespace(memory=torch.zeros(3), name="m")
     return SimpleNamespace(model=nn.Linear(size, 1, bias=False), method=method)
 
 
@@ -45,6 +46,10 @@ def test_keeps_the_best_trial_per_method_within_the_memory_limit() -> None:
     assert kept.take(key, {"a": 5}) is better and kept.reused == 1
     assert kept.take(key, {"a": 5}) is None  # given up once taken
     assert result_bytes(better) == 2 * (10 * 4 + 3 * 4)
+    shared = torch.zeros(5)  # held twice (e.g. a list and an attribute): counted once
+    holder = SimpleNamespace(model=nn.Linear(2, 1, bias=False), method=SimpleNamespace(
+        bank=[shared, np.zeros(4, np.float64)], index={"a": shared}, head=nn.Linear(3, 1)))
+    assert result_bytes([holder]) == 2 * 4 + 5 * 4 + 4 * 8 + (3 + 1) * 4
 
     small = TrialModels(limit_bytes=100)
     small.offer(("pool", "x"), {}, 0.5, [fold_result()])  # 52 bytes: kept
