@@ -106,8 +106,15 @@ def test_cpu_feature_batches_hold_a_fixed_number_of_pixels():
     assert default_batch(np.zeros((5, 64, 64, 3), np.uint8), cuda) == 256
     trunk = split_trunk("mobilenet_v2", pretrained=True).trunk
     images = np.random.default_rng(0).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
-    small = extract(trunk.network, images, device=cpu, progress=False,
-                    normalization=trunk.normalization)
+    batches = []
+    hook = trunk.network.register_forward_hook(lambda _m, inputs, _o: batches.append(
+        len(inputs[0])))
+    try:
+        small = extract(trunk.network, images, device=cpu, progress=False,
+                        normalization=trunk.normalization)
+    finally:
+        hook.remove()
+    assert batches == [32, 8]  # extract uses the rule: 40 images of 64 px in batches of 32
     whole = extract(trunk.network, images, device=cpu, progress=False, batch_size=256,
                     normalization=trunk.normalization)
     np.testing.assert_allclose(small, whole, rtol=0, atol=1e-5)

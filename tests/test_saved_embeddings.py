@@ -238,3 +238,39 @@ def test_float32_on_request(tmp_path: Path) -> None:
     path = embeddings.save(tmp_path / "s.embeddings.npz", query=q, query_labels=np.arange(10),
                            meta={}, dtype="float32")
     np.testing.assert_array_equal(embeddings.load(path).query[0], q[0])
+
+
+@pytest.mark.slow
+def test_test_embeddings_are_computed_once_per_fold_model(write_protocol, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The concatenated model's test embeddings are the fold models' own (saved ones), not a
+    second pass over the test set."""
+    import bench.experiment
+    import bench.units
+
+    real_embed, real_test = bench.experiment.embed, bench.experiment.evaluate_test
+    calls: list[str] = []
+    inside = []
+
+    def counted_embed(*args, **kwargs):
+        if inside:
+            calls.append("embed")
+        return real_embed(*args, **kwargs)
+
+    def counted_test(*args, **kwargs):
+        inside.append(True)
+        try:
+            return real_test(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(bench.experiment, "embed", counted_embed)
+    monkeypatch.setattr(bench.units, "evaluate_test", counted_test)
+    protocol = write_protocol({"folds": 2, "split": {"kind": "standard"},
+                               "methods": [{"name": "contrastive",
+                                            "params": {"loss": "ContrastiveLoss"}}]})
+    assert main(["run", str(protocol), "--results", str(tmp_path / "r"), "--no-progress",
+                 "-j", "1"]) == 0
+    table = pd.read_csv(tmp_path / "r" / "tiny" / "results.csv")
+    assert {"fold0", "fold1", "concatenated"} <= set(table["model"])
+    assert len(calls) == 2  # one test job, two fold models, one pass each
