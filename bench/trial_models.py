@@ -17,7 +17,6 @@ process.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.keys import values_digest
+
 #: at most this many bytes of kept model state per process (frozen-trunk heads are ~3 MB a fold;
 #: a fine-tuned ResNet-50 fold ~100 MB)
 LIMIT_BYTES = 1 << 30
-
-
-def values_key(values: dict[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True)
 
 
 def result_bytes(results: list) -> int:
@@ -90,11 +87,11 @@ class TrialModels:
         nbytes = result_bytes(results)
         if sum(e.nbytes for e in self.entries.values()) + nbytes > self.limit_bytes:
             return
-        self.entries[key] = Kept(values_key(values), score, results, nbytes)
+        self.entries[key] = Kept(values_digest(values), score, results, nbytes)
 
     def holds(self, key: tuple[str, str], values: dict[str, Any]) -> bool:
         kept = self.entries.get(key)
-        return kept is not None and kept.values == values_key(values)
+        return kept is not None and kept.values == values_digest(values)
 
     def take(self, key: tuple[str, str], values: dict[str, Any]) -> list | None:
         """The kept fold results of ``values`` (given up: a job uses them once), else None."""

@@ -34,9 +34,9 @@ def worker_main(protocol: str, storage: str, results: str = "results", threads: 
     """One worker: do whatever work of ``protocol`` is left in ``storage``; return failures.
 
     ``ready``: called once everything is imported and validated, before the storage is opened;
-    False ends the worker without work (returns None) (`bench run -j` starts its helpers this way while it
-    builds the inputs, then lets them go). A plain function, so submitit can run it on a Slurm
-    node (or locally in tests)."""
+    False ends the worker without work and returns None. `bench run -j` starts its helpers
+    this way while it builds the inputs, then lets them go. A plain function, so submitit can
+    run it on a Slurm node (or locally in tests)."""
     import torch
     from threadpoolctl import threadpool_limits
 
